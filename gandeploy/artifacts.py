@@ -1,0 +1,173 @@
+"""Files we write and read back: atomic writes, the generator artifact, and checkpoints without pickle.
+
+A generator artifact is a folder: `config.json` (what to build) + `model.safetensors` (its weights).
+A checkpoint is one safetensors file whose metadata holds a JSON skeleton of the training state; tensors in the
+skeleton are references into the file. Nothing here unpickles or executes anything from disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ArtifactError
+
+GENERATOR_FORMAT = 1
+CHECKPOINT_FORMAT = "gandeploy-checkpoint/1"
+
+
+# ---- atomic writes -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temporary folder beside `path`; on success it takes the place of `path` (old contents dropped)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".old-{path.name}-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- the generator artifact ----------------------------------------------------------------------------------
+
+
+def save_generator(path: str | Path, generator: torch.nn.Module, config: dict) -> Path:
+    config = {"format_version": GENERATOR_FORMAT, **config}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    with atomic_dir(path) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "gandeploy-generator"})
+    return Path(path)
+
+
+def generator_dir(path: str | Path) -> Path:
+    """Accept a run folder or a generator folder; return the generator folder."""
+    path = Path(path)
+    return path / "generator" if (path / "generator").is_dir() else path
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Build the generator a folder describes and load its weights; eval mode, on `device`."""
+    from .nets import FAMILIES, build_generator
+
+    folder = generator_dir(path)
+    cfg_file, weights = folder / "config.json", folder / "model.safetensors"
+    if not folder.is_dir():
+        raise ArtifactError(f"{path} does not exist; pass a run folder (runs/<name>) or its generator/ folder")
+    if not cfg_file.is_file() or not weights.is_file():
+        missing = "config.json" if not cfg_file.is_file() else "model.safetensors"
+        raise ArtifactError(f"{folder} is not a generator folder ({missing} is missing); train one with "
+                            f"`gandeploy train` and pass runs/<name>")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{cfg_file} is not valid JSON ({e}); the run's last checkpoint can rewrite it") from None
+    version = config.get("format_version")
+    if version != GENERATOR_FORMAT:
+        raise ArtifactError(f"{cfg_file} has format_version {version!r}; this gandeploy reads "
+                            f"{GENERATOR_FORMAT}: upgrade gandeploy or re-save the generator with this version")
+    if config.get("family") not in FAMILIES:
+        raise ArtifactError(f"{cfg_file}: unknown family {config.get('family')!r}; valid: {', '.join(FAMILIES)}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"{weights} is unreadable or truncated ({e}); copy it again or re-train") from None
+    try:
+        model = build_generator(config)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ArtifactError(f"{folder}: weights do not match config.json ({first})") from None
+    return model.to(device).eval(), config
+
+
+# ---- checkpoints: a tree of tensors and plain values, without pickle ----------------------------------------
+
+
+def _pack(obj, tensors: dict):
+    if isinstance(obj, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = obj.detach().cpu().clone().contiguous()
+        return {"$tensor": key}
+    if isinstance(obj, dict):
+        return {"$dict": [[k, _pack(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"$tuple": [_pack(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_pack(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
+
+
+def _unpack(node, tensors: dict):
+    if isinstance(node, list):
+        return [_unpack(v, tensors) for v in node]
+    if isinstance(node, dict):
+        if "$tensor" in node:
+            return tensors[node["$tensor"]]
+        if "$tuple" in node:
+            return tuple(_unpack(v, tensors) for v in node["$tuple"])
+        return {k: _unpack(v, tensors) for k, v in node["$dict"]}
+    return node
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    tensors: dict = {}
+    skeleton = _pack(state, tensors)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "tree": json.dumps(skeleton)})
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"checkpoint {path} is unreadable ({e}); delete it to resume from the one before") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ArtifactError(f"checkpoint {path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    return _unpack(json.loads(meta["tree"]), tensors)

@@ -1,0 +1,148 @@
+"""The `gandeploy` command: thin wrappers that parse, validate and call one library function each."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import TrainingDiverged, UserError
+
+app = typer.Typer(help="Train GAN generators, export them, and sample them in production.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@contextlib.contextmanager
+def _errors():
+    """Bad input ends in one line on stderr and exit code 2; a diverged run in one line and exit code 1."""
+    try:
+        yield
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except TrainingDiverged as e:
+        typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the last checkpoint is intact; continue with --resume RUN_DIR", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def train(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe YAML, e.g. recipes/dcgan_mnist.yaml (optional with --resume)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.steps=200 data.limit=1000."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run folder [default: runs/<name>, numbered if taken]."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the fully resolved recipe and exit."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Train a generator from a YAML recipe into a run folder (checkpoints, generator/, samples/, log.jsonl)."""
+    from .train import prepare_run
+    from .train import train as run_training
+
+    with _errors():
+        overrides = list(overrides or [])
+        if recipe is not None and "=" in recipe and not Path(recipe).exists():
+            overrides.insert(0, recipe)  # `gandeploy train --resume runs/x train.steps=5000`
+            recipe = None
+        resolved, run_dir = prepare_run(recipe, overrides, out, resume)
+        if dry_run:
+            typer.echo(resolved.to_yaml(), nl=False)
+            return
+        last = run_training(resolved, run_dir, device=device, resume=resume is not None, progress=progress)
+        if last.get("d_loss") is not None:
+            typer.echo(f"done: step {last['step']}, D loss {last['d_loss']:.3f}, G loss {last['g_loss']:.3f}, "
+                       f"{last['elapsed_s']:.0f} s of training -> {run_dir}/generator, grids in {run_dir}/samples")
+        else:
+            typer.echo(f"nothing to do: {run_dir} is already at step {last['step']} (raise train.steps to go on)")
+
+
+@app.command()
+def sample(
+    run: str = typer.Argument(..., help="A run folder (runs/<name>) or its generator/ folder."),
+    n: int = typer.Option(64, "--n", min=1, max=4096, help="Number of images."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed: image k of a seed is the same whatever --n."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Class labels for conditional models: one, or a comma list of n."),
+    out: str = typer.Option("grid.png", "--out", help="PNG file to write."),
+    scale: int = typer.Option(2, "--scale", min=1, max=16, help="Enlarge pixels this many times in the PNG."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+):
+    """Write a grid of samples from a trained generator."""
+    from .artifacts import load_generator
+    from .images import save_grid
+    from .train import resolve_device, sample_images
+
+    with _errors():
+        generator, config = load_generator(run, resolve_device(device))
+        label_array = _parse_labels(labels, n, config["num_classes"])
+        save_grid(sample_images(generator, n, seed, label_array), out, scale=scale)
+        typer.echo(f"wrote {n} samples (seed {seed}) to {out}")
+
+
+def _parse_labels(text: str | None, n: int, num_classes: int):
+    import numpy as np
+
+    if text is None:
+        return None
+    if not num_classes:
+        raise UserError("--labels: this generator is unconditional; leave --labels out")
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--labels: {text!r} is not a comma list of integers") from None
+    if len(values) == 1:
+        values = values * n
+    if len(values) != n:
+        raise UserError(f"--labels: got {len(values)} labels for --n {n}; give one label or exactly n")
+    bad = [v for v in values if not 0 <= v < num_classes]
+    if bad:
+        raise UserError(f"--labels: {bad[0]} is out of range; this generator has classes 0..{num_classes - 1}")
+    return np.array(values)
+
+
+@app.command()
+def info():
+    """Print versions, devices and which backends are available here."""
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    lines = [f"gandeploy {__version__}", f"python {platform.python_version()} on {platform.platform()}",
+             f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'})"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}")
+    else:
+        lines.append("cuda: no GPU visible")
+    for module in ("numpy", "onnx", "onnxruntime", "tensorrt", "torchvision", "tensorboard"):
+        lines.append(f"{module}: {_probe(module)}")
+    typer.echo("\n".join(lines))
+
+
+def _probe(module: str) -> str:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # an installed package can still fail to import (torchvision built for another torch)
+        return f"not available ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    text = getattr(mod, "__version__", "installed")
+    if module == "onnxruntime":
+        text += f", providers {', '.join(mod.get_available_providers())}"
+    return text
+
+
+def main():
+    app(prog_name="gandeploy")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

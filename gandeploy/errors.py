@@ -1,0 +1,21 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+
+
+class UserError(ValueError):
+    """Bad input: the message names the problem and the fix."""
+
+
+class RecipeError(UserError):
+    pass
+
+
+class DataError(UserError):
+    pass
+
+
+class ArtifactError(UserError):
+    pass
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""

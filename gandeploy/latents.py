@@ -1,0 +1,31 @@
+"""Latent vectors as a pure function of (seed, index): image k of seed s gets the same z whatever n, chunking or
+backend asked for it.
+
+The recipe, for reimplementation in another language:
+  1. Philox4x64-10 (Salmon et al. 2011) with key = (seed, 0) and the 256-bit counter starting at 0, as
+     numpy.random.Philox(key=seed). Each counter value yields four 64-bit words.
+  2. Image k owns counter values [k * B, (k + 1) * B) with B = ceil(latent_dim / 4): 4 * B words, in order.
+  3. Each word w becomes u = (w >> 11) * 2**-53, uniform in [0, 1).
+  4. Consecutive pairs (u1, u2) become two normals by Box-Muller: r = sqrt(-2 ln(1 - u1)),
+     (r cos(2 pi u2), r sin(2 pi u2)), computed in float64.
+  5. The first latent_dim normals, rounded to float32, are z_k.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def latents(seed: int, n: int, dim: int, start: int = 0) -> np.ndarray:
+    """float32 (n, dim): latents of images start .. start + n - 1 of `seed`."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    blocks = -(-dim // 4)
+    bitgen = np.random.Philox(key=int(seed))
+    bitgen.advance(start * blocks)
+    words = bitgen.random_raw(n * blocks * 4).reshape(n, blocks * 2, 2)
+    u = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53  # (n, pairs, 2) uniform in [0, 1)
+    radius = np.sqrt(-2.0 * np.log1p(-u[..., 0]))
+    angle = 2.0 * np.pi * u[..., 1]
+    z = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=-1).reshape(n, blocks * 4)
+    return np.ascontiguousarray(z[:, :dim], dtype=np.float32)
