@@ -64,7 +64,7 @@ def train(
 
 @app.command()
 def sample(
-    run: str = typer.Argument(..., help="A run folder (runs/<name>) or its generator/ folder."),
+    run: Optional[str] = typer.Argument(None, help="A run folder or its generator/ folder [default: the latest run under runs/]."),
     n: int = typer.Option(64, "--n", min=1, max=4096, help="Number of images."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed: image k of a seed is the same whatever --n."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Class labels for conditional models: one, or a comma list of n."),
@@ -75,13 +75,14 @@ def sample(
     """Write a grid of samples from a trained generator."""
     from .artifacts import load_generator
     from .images import save_grid
-    from .train import resolve_device, sample_images
+    from .train import latest_run, resolve_device, sample_images
 
     with _errors():
+        run = run if run is not None else latest_run()
         generator, config = load_generator(run, resolve_device(device))
         label_array = _parse_labels(labels, n, config["num_classes"])
         save_grid(sample_images(generator, n, seed, label_array), out, scale=scale)
-        typer.echo(f"wrote {n} samples (seed {seed}) to {out}")
+        typer.echo(f"wrote {n} samples of {run} (seed {seed}) to {out}")
 
 
 def _parse_labels(text: str | None, n: int, num_classes: int):
