@@ -81,6 +81,7 @@ def standing_statistics(generator: nn.Module, batches_: int, batch_size: int, de
     model = copy.deepcopy(generator)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if norms and batches_:
+        momentum = [m.momentum for m in norms]
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the passes below
@@ -91,8 +92,8 @@ def standing_statistics(generator: nn.Module, batches_: int, batch_size: int, de
             labels = (torch.randint(0, model.num_classes, (batch_size,), generator=rng, device=device)
                       if model.num_classes else None)
             model(z, labels)
-        for m in norms:
-            m.momentum = 0.1
+        for m, value in zip(norms, momentum):
+            m.momentum = value
     return model.eval().requires_grad_(False)
 
 

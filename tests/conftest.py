@@ -39,18 +39,18 @@ def run_module(*args: str, cwd=None, timeout=300) -> subprocess.CompletedProcess
                           cwd=cwd or ROOT, timeout=timeout)
 
 
+def _train_tiny(tmp_path_factory, recipe: str, name: str) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / name
+    train(load_recipe(RECIPES / recipe, tiny_overrides()), run_dir, device="cpu", progress=False)
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A real (tiny) DCGAN run on the bundled digits, shared by tests that only read it."""
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    recipe = load_recipe(RECIPES / "dcgan_mnist.yaml", tiny_overrides())
-    train(recipe, run_dir, device="cpu", progress=False)
-    return run_dir
+    return _train_tiny(tmp_path_factory, "dcgan_mnist.yaml", "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_conditional_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny_cond"
-    recipe = load_recipe(RECIPES / "cdcgan_mnist.yaml", tiny_overrides())
-    train(recipe, run_dir, device="cpu", progress=False)
-    return run_dir
+    return _train_tiny(tmp_path_factory, "cdcgan_mnist.yaml", "tiny_cond")

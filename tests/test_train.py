@@ -193,7 +193,7 @@ def test_two_process_ddp_step_on_gloo(tmp_path):
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "gandeploy", "train", str(RECIPES / "dcgan_mnist.yaml"), *tiny_overrides(steps=2),
          "--out", str(run_dir), "--no-progress", "--device", "cpu"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
@@ -212,3 +212,29 @@ def test_sample_takes_the_latest_run_when_given_no_path(tiny_run, tmp_path, monk
     (tmp_path / "runs" / "tiny").symlink_to(tiny_run)
     code, output = cli("sample", "--n", "4")
     assert code == 0 and "runs/tiny" in output and (tmp_path / "grid.png").is_file()
+
+
+def test_info_lists_versions_and_backends():
+    code, output = cli("info")
+    assert code == 0
+    assert f"torch {torch.__version__}" in output
+    for module in ("onnxruntime", "tensorrt", "torchvision"):
+        assert f"{module}: " in output  # a version, or "not available (reason)"
+
+
+def test_tensorboard_events_when_installed(tiny_run):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e '.[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tiny_run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("g_loss")] == [1, 2, 3, 4]
+
+
+def test_torchvision_source_fails_clearly_without_its_data(tmp_path):
+    from gandeploy.data import load_data
+    from gandeploy.errors import DataError
+    from gandeploy.recipe import DataConfig
+
+    with pytest.raises(DataError, match="torchvision"):  # not importable here, or no CIFAR10 under tmp_path
+        load_data(DataConfig(source="torchvision", name="CIFAR10", path=str(tmp_path)))
