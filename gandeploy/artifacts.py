@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,17 +27,30 @@ CHECKPOINT_FORMAT = "gandeploy-checkpoint/1"
 # ---- atomic writes -------------------------------------------------------------------------------------------
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _publish(file: Path) -> None:
+    """fsync, and the permissions the umask gives (safetensors writes 0600)."""
+    os.chmod(file, 0o666 & ~_UMASK)
+    with open(file, "rb") as f:
+        os.fsync(f.fileno())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    os.close(fd)
+    tmp = _temp_name(path)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        yield tmp
+        _publish(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -54,9 +67,12 @@ def atomic_dir(path: str | Path):
     """Yield a temporary folder beside `path`; on success it takes the place of `path` (old contents dropped)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    tmp = _temp_name(path)
+    tmp.mkdir()
     try:
         yield tmp
+        for file in tmp.iterdir():
+            _publish(file)
         old = None
         if path.exists():
             old = path.with_name(f".old-{path.name}-{os.getpid()}")

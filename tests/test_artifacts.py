@@ -87,3 +87,13 @@ def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "good"
     assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        save_generator(tmp_path / "g", build_generator(CONFIG), CONFIG)
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "g").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "g" / "model.safetensors").stat().st_mode & 0o777 == 0o644
