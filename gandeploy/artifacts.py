@@ -183,7 +183,7 @@ def load_checkpoint(path: str | Path) -> dict:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise ArtifactError(f"checkpoint {path} is unreadable ({e}); delete it to resume from the one before") from None
+        raise ArtifactError(f"checkpoint {path} is unreadable ({e})") from None
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ArtifactError(f"checkpoint {path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}")
     return _unpack(json.loads(meta["tree"]), tensors)

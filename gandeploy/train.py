@@ -154,9 +154,12 @@ class Trainer:
         self.D.load_state_dict(state["D"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
+        rates = {"opt_g": self.recipe.optim.g_lr, "opt_d": self.recipe.optim.d_lr}
         for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
             opt.load_state_dict(state[key])
             _match_layout(opt)
+            for group in opt.param_groups:  # the recipe's rate wins: lowering it is how a diverged run goes on
+                group["lr"] = rates[key]
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -165,10 +168,16 @@ class Trainer:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
     def resume(self) -> Path | None:
-        path = latest_checkpoint(self.run_dir)
-        if path is not None:
-            self.load_state(load_checkpoint(path))
-        return path
+        """Load the newest readable checkpoint; an unreadable one is reported and the one before it used."""
+        for path in reversed(list_checkpoints(self.run_dir)):
+            try:
+                state = load_checkpoint(path)
+            except UserError as e:
+                print(f"warning: {e}; trying the checkpoint before it", file=sys.stderr)
+                continue
+            self.load_state(state)
+            return path
+        return None
 
     # -- one step ----------------------------------------------------------------------------------------------
 
@@ -404,6 +413,20 @@ def new_run_dir(root: Path, name: str) -> Path:
     return candidate
 
 
+# What may differ between a run's recipe.yaml and a resumed run: schedules, rates and housekeeping, nothing that
+# shapes the models, the data or the meaning of a step.
+RESUMABLE_CHANGES = ("train.steps", "optim.g_lr", "optim.d_lr", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.log_every", "train.grid_size", "data.workers")
+
+
+def _differences(a: dict, b: dict, prefix: str = ""):
+    for key in a:
+        if isinstance(a[key], dict):
+            yield from _differences(a[key], b[key], f"{prefix}{key}.")
+        elif a[key] != b[key]:
+            yield f"{prefix}{key}", a[key], b[key]
+
+
 def prepare_run(recipe_path: str | None, overrides: list[str], out: str | None, resume: str | None) -> tuple[Recipe, Path]:
     """Resolve the recipe and the run folder for `gandeploy train`; nothing is written."""
     if resume is not None:
@@ -411,16 +434,12 @@ def prepare_run(recipe_path: str | None, overrides: list[str], out: str | None, 
         saved = run_dir / "recipe.yaml"
         if not saved.is_file():
             raise UserError(f"--resume {run_dir}: no recipe.yaml there, so it is not a run folder; pass runs/<name>")
-        recipe = load_recipe(saved, overrides)
-        if recipe_path is not None:
-            given = load_recipe(recipe_path, overrides).to_dict()
-            theirs = recipe.to_dict()
-            for section, values in given.items():
-                for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
-                    old = theirs[section][key] if key else theirs[section]
-                    if value != old and (section, key) != ("train", "steps"):
-                        raise UserError(f"--resume {run_dir}: {section}{'.' + key if key else ''} is {old!r} there "
-                                        f"but {value!r} in {recipe_path}; resume without a recipe or start a new run")
+        before = load_recipe(saved)
+        recipe = load_recipe(recipe_path or saved, overrides)
+        for key, old, new in _differences(before.to_dict(), recipe.to_dict()):
+            if key not in RESUMABLE_CHANGES:
+                raise UserError(f"--resume {run_dir}: {key} is {old!r} in the run but {new!r} now; a resumed run may "
+                                f"change only {', '.join(RESUMABLE_CHANGES)}; start a new run for anything else")
         return recipe, run_dir
     if recipe_path is None:
         raise UserError("no recipe given; run e.g. `gandeploy train recipes/dcgan_mnist.yaml`")

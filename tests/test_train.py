@@ -38,7 +38,7 @@ def test_run_folder_has_everything_design_md_lists(tiny_run):
     ("wgan_gp_mnist.yaml", {}),
     ("dcgan_mnist.yaml", {"loss.name": "hinge", "model.spectral_norm": "true", "model.d_norm": "none"}),
     ("dcgan_mnist.yaml", {"loss.name": "lsgan", "loss.label_smoothing": 0.1, "loss.instance_noise": 0.1}),
-    ("dcgan_mnist.yaml", {"model.name": "mlp", "data.resolution": 32}),
+    ("dcgan_mnist.yaml", {"model.name": "mlp", "data.resolution": 32, "train.ema": "false"}),
 ])
 def test_real_training_steps_give_finite_losses_and_move_the_weights(tmp_path, recipe, extra):
     r = load_recipe(RECIPES / recipe, tiny_overrides(steps=3, **extra))
@@ -170,7 +170,9 @@ def test_train_refuses_to_overwrite_and_numbers_new_runs(tmp_path, tiny_run):
     code, output = cli("train", "--resume", str(tmp_path))
     assert code == 2 and "no recipe.yaml there" in output
     code, output = cli("train", str(RECIPES / "wgan_gp_mnist.yaml"), "--resume", str(tiny_run))
-    assert code == 2 and "name is 'dcgan_mnist' there but 'wgan_gp_mnist'" in output
+    assert code == 2 and "name is 'dcgan_mnist' in the run but 'wgan_gp_mnist' now" in output
+    code, output = cli("train", "--resume", str(tiny_run), "model.g_width=128")
+    assert code == 2 and "model.g_width is 8 in the run but 128 now" in output and "start a new run" in output
     (tmp_path / "runs" / "x").mkdir(parents=True)
     assert new_run_dir(tmp_path / "runs", "x") == tmp_path / "runs" / "x"  # an empty folder is free
     (tmp_path / "runs" / "x" / "log.jsonl").write_text("")
@@ -238,3 +240,15 @@ def test_torchvision_source_fails_clearly_without_its_data(tmp_path):
 
     with pytest.raises(DataError, match="torchvision"):  # not importable here, or no CIFAR10 under tmp_path
         load_data(DataConfig(source="torchvision", name="CIFAR10", path=str(tmp_path)))
+
+
+def test_resume_skips_an_unreadable_checkpoint_and_takes_a_lower_learning_rate(tmp_path):
+    run_dir = tmp_path / "run"
+    train(load_recipe(RECIPES / "dcgan_mnist.yaml", tiny_overrides(steps=4)), run_dir, device="cpu", progress=False)
+    newest = latest_checkpoint(run_dir)
+    newest.write_bytes(newest.read_bytes()[:1000])  # damaged on disk after the fact
+    proc = run_module("train", "--resume", str(run_dir), "train.steps=5", "optim.g_lr=1e-5", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "step-0000004.safetensors is unreadable" in proc.stderr and "resuming at step 2" in proc.stderr
+    state = load_checkpoint(latest_checkpoint(run_dir))
+    assert state["step"] == 5 and state["opt_g"]["param_groups"][0]["lr"] == 1e-5
