@@ -7,7 +7,8 @@ images (given the advantage of pre-normalised in-memory tensors instead of per-i
 
     python bench/train_speed.py [--recipe recipes/dcgan_mnist.yaml] [--steps 30] [--rounds 5] [--device cpu]
 
-Prints images/s (median over rounds) for each and their ratio; writes bench/results/train_speed-<device>.json.
+Prints images/s (median over rounds) for the reference, gandeploy with its defaults (bf16 autocast where the
+hardware has native bf16) and gandeploy in float32, and the ratios; writes bench/results/train_speed-<device>.json.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gandeploy.data import load_data
+from gandeploy.data import batches, load_data
 from gandeploy.recipe import load_recipe
 from gandeploy.train import Trainer, resolve_device
 
@@ -102,12 +103,13 @@ def main():
     device = resolve_device(args.device)
     recipe = load_recipe(args.recipe)
     batch = recipe.train.batch_size
+    fp32 = load_recipe(args.recipe, ["train.amp=none"])
     ours = Trainer(recipe, Path("/nonexistent-unused"), device, progress=False)
-    reference = ReferenceLoop(Trainer(recipe, Path("/nonexistent-unused"), device, progress=False), batch)
-    from gandeploy.data import batches
-
+    ours_fp32 = Trainer(fp32, Path("/nonexistent-unused"), device, progress=False)
+    reference = ReferenceLoop(Trainer(fp32, Path("/nonexistent-unused"), device, progress=False), batch)
     data_iter = batches(ours.data, batch, recipe.train.seed, 0, device)
-    loops = {"reference": reference.step, "gandeploy": lambda: ours.train_step(data_iter)}
+    loops = {"reference": reference.step, "gandeploy": lambda: ours.train_step(data_iter),
+             "gandeploy-fp32": lambda: ours_fp32.train_step(data_iter)}
     for step in loops.values():  # warm-up
         for _ in range(5):
             step()
@@ -117,6 +119,7 @@ def main():
             results[name].append(images_per_s(step, args.steps, batch, device))
     medians = {name: statistics.median(v) for name, v in results.items()}
     ratio = medians["gandeploy"] / medians["reference"]
+    ratio_fp32 = medians["gandeploy-fp32"] / medians["reference"]
 
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "device": str(device), "torch": torch.__version__, "python": platform.python_version()}
@@ -124,15 +127,15 @@ def main():
         machine["gpu"] = torch.cuda.get_device_name(device)
     report = {"recipe": args.recipe, "batch_size": batch, "steps_per_window": args.steps, "rounds": args.rounds,
               "machine": machine, "images_per_s": results, "median_images_per_s": medians, "ratio": ratio,
-              "amp": ours.amp}
+              "ratio_fp32": ratio_fp32, "amp": ours.amp}
     out = Path(args.out) / f"train_speed-{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'loop':<12}{'images/s (median)':>20}{'rounds':>40}")
+    print(f"{'loop':<16}{'images/s (median)':>18}   rounds")
     for name in loops:
-        print(f"{name:<12}{medians[name]:>20.0f}{'  '.join(f'{v:.0f}' for v in results[name]):>40}")
-    print(f"ratio gandeploy/reference: {ratio:.2f}x  ({args.recipe}, batch {batch}, {device}, "
-          f"{torch.get_num_threads()} threads) -> {out}")
+        print(f"{name:<16}{medians[name]:>18.0f}   {'  '.join(f'{v:.0f}' for v in results[name])}")
+    print(f"ratio gandeploy/reference: {ratio:.2f}x with its default amp={ours.amp}, {ratio_fp32:.2f}x in float32 "
+          f"({args.recipe}, batch {batch}, {device}, {torch.get_num_threads()} threads) -> {out}")
 
 
 if __name__ == "__main__":

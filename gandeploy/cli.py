@@ -33,10 +33,13 @@ def _errors():
 
 @app.command()
 def train(
-    recipe: Optional[str] = typer.Argument(None, help="Recipe YAML, e.g. recipes/dcgan_mnist.yaml (optional with --resume)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.steps=200 data.limit=1000."),
+    recipe: Optional[str] = typer.Argument(
+        None, help="Recipe YAML, e.g. recipes/dcgan_mnist.yaml (optional with --resume)."),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, help="KEY=VALUE overrides, e.g. train.steps=200 data.limit=1000."),
     out: Optional[str] = typer.Option(None, "--out", help="Run folder (default: runs/<name>, numbered if taken)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="Continue the run in this folder from its last checkpoint."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the fully resolved recipe and exit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -64,10 +67,12 @@ def train(
 
 @app.command()
 def sample(
-    run: Optional[str] = typer.Argument(None, help="A run folder or its generator/ folder (default: the latest run under runs/)."),
+    run: Optional[str] = typer.Argument(
+        None, help="A run folder or its generator/ folder (default: the latest run under runs/)."),
     n: int = typer.Option(64, "--n", min=1, max=4096, help="Number of images."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed: image k of a seed is the same whatever --n."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Class labels for conditional models: one, or a comma list of n."),
+    labels: Optional[str] = typer.Option(
+        None, "--labels", help="Class labels for conditional models: one, or a comma list of n."),
     out: str = typer.Option("grid.png", "--out", help="PNG file to write."),
     scale: int = typer.Option(2, "--scale", min=1, max=16, help="Enlarge pixels this many times in the PNG."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),

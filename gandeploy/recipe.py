@@ -71,7 +71,7 @@ class TrainConfig:
     ema: bool = True
     ema_kimg: float = field(default=10.0, metadata=_range(0, lo_open=True))  # EMA half-life, thousands of images
     ema_rampup: Optional[float] = field(default=0.05, metadata=_range(0, lo_open=True))  # half-life <= rampup * seen
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA when supported, none on CPU
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 where the GPU or CPU has native bf16
     checkpoint_every: int = field(default=500, metadata=_range(1))
     keep_checkpoints: int = field(default=2, metadata=_range(1))
     log_every: int = field(default=50, metadata=_range(1))
