@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import TrainingDiverged, UserError
+from .errors import CheckFailed, TrainingDiverged, UserError
 
 app = typer.Typer(help="Train GAN generators, export them, and sample them in production.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -25,6 +25,9 @@ def _errors():
         raise typer.Exit(2) from None
     except TrainingDiverged as e:
         typer.echo(f"stopped: {e}", err=True)
+        raise typer.Exit(1) from None
+    except CheckFailed as e:
+        typer.echo(f"check failed: {e}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: the last checkpoint is intact; continue with --resume RUN_DIR", err=True)
@@ -109,6 +112,32 @@ def _parse_labels(text: str | None, n: int, num_classes: int):
     if bad:
         raise UserError(f"--labels: {bad[0]} is out of range; this generator has classes 0..{num_classes - 1}")
     return np.array(values)
+
+
+@app.command()
+def export(
+    source: Optional[str] = typer.Argument(
+        None, help="A run folder, its generator/ folder, or an export folder (with --trt) (default: the latest run)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Write generator.onnx (and its FP16 twin); the default."),
+    trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine for this GPU (tensorrt + CUDA)."),
+    fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="Write generator.fp16.onnx; build FP16 engines."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset."),
+    min_batch: int = typer.Option(1, "--min-batch", help="Smallest batch (engine profile; checked)."),
+    opt_batch: int = typer.Option(64, "--opt-batch", help="Batch the engine is tuned for (checked)."),
+    max_batch: int = typer.Option(256, "--max-batch", help="Largest batch (engine profile; checked)."),
+    output: str = typer.Option(
+        "uint8", "--output", help="uint8: images (n, h, w, c) from the graph; float: raw (n, c, h, w)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Export folder (default: exports/<run name>)."),
+):
+    """Export a trained generator to ONNX (FP32 + FP16) and TensorRT, checking every file against PyTorch."""
+    from .export import ExportOptions
+    from .export import export as run_export
+    from .train import latest_run
+
+    with _errors():
+        options = ExportOptions(onnx=onnx or not trt, trt=trt, fp16=fp16, opset=opset, min_batch=min_batch,
+                                opt_batch=opt_batch, max_batch=max_batch, output=output)
+        run_export(source if source is not None else latest_run(), out, options, log=typer.echo)
 
 
 @app.command()

@@ -19,3 +19,7 @@ class ArtifactError(UserError):
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckFailed(RuntimeError):
+    """An export or engine did not match its reference within tolerance; the message carries the figures."""

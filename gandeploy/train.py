@@ -263,7 +263,8 @@ class Trainer:
         t = self.recipe.train
         source = self.ema if self.ema is not None else self.G
         model = standing_statistics(source, t.standing_stats_batches, t.batch_size, self.device, t.seed)
-        save_generator(self.run_dir / "generator", model, self.gen_config)
+        save_generator(self.run_dir / "generator", model,
+                       {**self.gen_config, "run_name": self.recipe.name, "step": self.step})
         save_grid(sample_images(model, t.grid_size, seed=0), self.run_dir / "samples" / f"step-{self.step:07d}.png")
         return model
 

@@ -1,0 +1,229 @@
+"""The export pipeline: load the generator, write ONNX into a temporary folder, check it against PyTorch, write
+the FP16 twin and check it, write the manifest, rename the folder into place; then, if asked, add a TensorRT engine."""
+
+from __future__ import annotations
+
+import platform
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..artifacts import atomic_dir, atomic_write_text, generator_dir, load_generator
+from ..errors import CheckFailed, UserError
+from . import manifest as mf
+from . import onnx as ox
+
+FP32_FILE, FP16_FILE = "generator.onnx", "generator.fp16.onnx"
+CPU_FP16_NOTE = ("ONNX Runtime's CPU provider computes float16 graphs in float32 after casts: this figure measures "
+                 "the rounding of stored float16 values, not float16 arithmetic")
+
+
+@dataclass
+class ExportOptions:
+    onnx: bool = True
+    trt: bool = False
+    fp16: bool = True
+    opset: int = ox.DEFAULT_OPSET
+    min_batch: int = 1
+    opt_batch: int = 64
+    max_batch: int = 256
+    output: str = "uint8"
+    workspace_gib: float = 4.0
+
+    def check(self) -> None:
+        if self.output not in ox.OUTPUTS:
+            raise UserError(f"--output {self.output}: expected one of {', '.join(ox.OUTPUTS)}")
+        if self.min_batch < 1:
+            raise UserError(f"--min-batch {self.min_batch}: must be at least 1")
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise UserError(f"batch range min {self.min_batch}, opt {self.opt_batch}, max {self.max_batch} is out of "
+                            f"order; it needs min <= opt <= max")
+        if self.opset < 7:
+            raise UserError(f"--opset {self.opset}: ONNX opsets below 7 cannot express this generator; "
+                            f"use --opset {ox.DEFAULT_OPSET}")
+
+
+def export(source: str | Path, out: str | Path | None = None, options: ExportOptions | None = None,
+           log=print) -> Path:
+    """Export the generator of a run (or generator folder) into `out` (default exports/<run name>); returns `out`.
+
+    The folder appears whole or not at all. With options.trt an engine is added afterwards, so a missing TensorRT
+    leaves a complete, valid ONNX export behind."""
+    options = options or ExportOptions()
+    options.check()
+    _require_onnx_stack()
+    source = Path(source)
+    if (source / "manifest.json").is_file():  # an existing export: only an engine can be added to it
+        if not options.trt:
+            raise UserError(f"{source} is already an export; pass a run folder to re-export, or --trt to add an engine")
+        add_engine(source, options, log)
+        return source
+    folder = generator_dir(source)
+    generator, config = load_generator(folder)
+    run_name = config.get("run_name") or (source.name if folder != source else source.parent.name)
+    out = Path(out) if out is not None else Path("exports") / run_name
+    graph = ox.ExportGraph(generator, options.output, tuple(config["value_range"]))
+    seed = secrets.randbelow(2**32)  # fresh latents for the checks, recorded for reproduction
+    batches = ox.verification_batches(options.min_batch, options.opt_batch, options.max_batch)
+    with atomic_dir(out) as tmp:
+        ox.export_onnx(graph, config, tmp / FP32_FILE, options.opset)
+        ox.check_model(tmp / FP32_FILE)
+        references = {b: _torch_outputs(graph, config, b, seed + b) for b in batches}
+        parity = {"seed": seed, "batch_sizes": batches,
+                  "onnxruntime_fp32": _check_onnx(tmp / FP32_FILE, config, references, options.output, "fp32")}
+        artifacts = {FP32_FILE: mf.describe(tmp / FP32_FILE, precision="fp32")}
+        if options.fp16:
+            ox.convert_fp16(tmp / FP32_FILE, tmp / FP16_FILE)
+            ox.check_model(tmp / FP16_FILE)
+            parity["onnxruntime_fp16"] = _check_onnx(tmp / FP16_FILE, config, references, options.output, "fp16")
+            artifacts[FP16_FILE] = mf.describe(tmp / FP16_FILE, precision="fp16")
+        manifest = _manifest(run_name, folder, config, options, artifacts, parity)
+        (tmp / "manifest.json").write_text(mf.dumps(manifest))
+    log(summary(out, manifest))
+    if options.trt:
+        add_engine(out, options, log)
+    return out
+
+
+def _require_onnx_stack() -> None:
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxconverter_common", "onnxruntime")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"export needs {', '.join(missing)}; install them with pip install 'gandeploy[onnx]' "
+                        f"(or 'gandeploy[gpu]' on a CUDA machine)")
+
+
+def _torch_outputs(graph, config: dict, n: int, seed: int) -> tuple[dict, np.ndarray]:
+    feeds = ox.example_inputs(config, n, seed)
+    with torch.inference_mode():
+        out = graph(*(torch.from_numpy(feeds[name]) for name in ox.input_names(config)))
+    return feeds, out.numpy()
+
+
+def _check_onnx(path: Path, config: dict, references: dict, output: str, precision: str) -> dict:
+    session = ox.session(path)
+    per_batch = {}
+    for b, (feeds, expected) in references.items():
+        got = session.run(None, feeds)[0]
+        if got.shape != expected.shape or got.dtype != expected.dtype:
+            raise CheckFailed(f"{path.name}: batch {b} gave {got.dtype}{got.shape}, expected "
+                              f"{expected.dtype}{expected.shape}")
+        per_batch[b] = ox.compare(expected, got, output)
+    figures = {**ox.merge(list(per_batch.values())), "per_batch": {str(b): f for b, f in per_batch.items()},
+               "provider": "CPUExecutionProvider", "reference": "torch fp32 (cpu)"}
+    figures.update(_verdict(figures, output, precision))
+    if precision == "fp16":
+        figures["note"] = CPU_FP16_NOTE
+    if not figures["passed"]:
+        raise CheckFailed(f"{path.name} does not match PyTorch: {_figures_line(figures, output)} "
+                          f"(needs {figures['tolerance']})")
+    return figures
+
+
+def _verdict(figures: dict, output: str, precision: str) -> dict:
+    """The stated tolerances: FP32 within 1e-4 (float) or one level (uint8); FP16 at least 40 dB PSNR."""
+    if precision == "fp16":
+        psnr = figures["psnr_db"]
+        return {"tolerance": f"psnr_db >= {ox.FP16_MIN_PSNR_DB}", "passed": psnr is None or psnr >= ox.FP16_MIN_PSNR_DB}
+    if output == "uint8":
+        return {"tolerance": f"max_abs_err <= {ox.UINT8_TOLERANCE} level",
+                "passed": figures["max_abs_err"] <= ox.UINT8_TOLERANCE}
+    return {"tolerance": f"max_abs_err <= {ox.FLOAT_TOLERANCE}", "passed": figures["max_abs_err"] <= ox.FLOAT_TOLERANCE}
+
+
+def _figures_line(f: dict, output: str) -> str:
+    err = f"{f['max_abs_err']} level(s)" if output == "uint8" else f"{f['max_abs_err']:.2e}"
+    psnr = "identical" if f["psnr_db"] is None else f"PSNR {f['psnr_db']:.1f} dB"
+    return (f"max |err| {err}, mean |err| {f['mean_abs_err']:.2e}, {100 * f['uint8_differing']:.4g}% of uint8 "
+            f"pixels differ, {psnr}")
+
+
+def _manifest(name: str, folder: Path, config: dict, options: ExportOptions, artifacts: dict, parity: dict) -> dict:
+    import onnx
+    import onnxconverter_common
+    import onnxruntime
+
+    c, b = config, "batch"
+    inputs = [{"name": "z", "dtype": "float32", "shape": [b, c["latent_dim"]]}]
+    if c["num_classes"]:
+        inputs.append({"name": "label", "dtype": "int64", "shape": [b], "classes": c["num_classes"]})
+    image = [b, c["resolution"], c["resolution"], c["channels"]] if options.output == "uint8" else \
+        [b, c["channels"], c["resolution"], c["resolution"]]
+    return {
+        "schema_version": mf.SCHEMA_VERSION, "name": name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generator": {k: c[k] for k in ("family", "latent_dim", "resolution", "channels", "num_classes",
+                                        "value_range", "width", "embed_dim")},
+        "inputs": inputs,
+        "output": {"name": "images", "kind": options.output, "dtype": "uint8" if options.output == "uint8" else
+                   "float32", "shape": image, "layout": "NHWC" if options.output == "uint8" else "NCHW"},
+        "batch": {"min": options.min_batch, "opt": options.opt_batch, "max": options.max_batch},
+        "opset": options.opset, "artifacts": artifacts, "engines": [], "parity": parity,
+        "source": {"generator": str(folder.resolve()), "step": c.get("step"),
+                   "weights_sha256": mf.sha256(folder / "model.safetensors")},
+        "versions": {"gandeploy": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "onnxconverter_common": onnxconverter_common.__version__, "numpy": np.__version__},
+    }
+
+
+def summary(out: Path, manifest: dict) -> str:
+    lines = [f"exported {manifest['name']} -> {out}  (checked at batch sizes "
+             f"{', '.join(map(str, manifest['parity']['batch_sizes']))} against PyTorch FP32)"]
+    kind = manifest["output"]["kind"]
+    for key, file in (("onnxruntime_fp32", FP32_FILE), ("onnxruntime_fp16", FP16_FILE)):
+        f = manifest["parity"].get(key)
+        if f:
+            verdict = "PASSED" if f["passed"] else "FAILED"
+            lines.append(f"  {file:<22} {_figures_line(f, kind)}  {verdict} ({f['tolerance']})")
+    for engine in manifest.get("engines", []):
+        f = engine["parity"]
+        lines.append(f"  {engine['file']:<22} {_figures_line(f, kind)}  {'PASSED' if f['passed'] else 'FAILED'}")
+    return "\n".join(lines)
+
+
+def add_engine(folder: str | Path, options: ExportOptions | None = None, log=print) -> dict:
+    """Build a TensorRT engine from an export folder's ONNX, check it against ONNX Runtime FP32, and record it."""
+    from . import tensorrt as trt
+
+    options = options or ExportOptions(trt=True)
+    folder = Path(folder)
+    manifest = mf.load_export(folder)  # bad input first: a damaged export is worth hearing about anywhere
+    reason = trt.availability()
+    if reason is not None:
+        raise trt.TensorRTUnavailable(f"--trt: {reason}; the ONNX export in {folder} is complete and valid")
+    config = {**manifest["generator"]}
+    precision = "fp16" if options.fp16 else "fp32"
+    b = manifest["batch"]
+    shapes = {spec["name"]: tuple(tuple([n] + spec["shape"][1:]) for n in (b["min"], b["opt"], b["max"]))
+              for spec in manifest["inputs"]}
+    fp16_onnx = folder / FP16_FILE if (folder / FP16_FILE).is_file() else None
+    meta = trt.build_engine(folder / FP32_FILE, fp16_onnx, folder, shapes=shapes, precision=precision,
+                            workspace_gib=options.workspace_gib, timing_cache=folder.parent / ".trt-timing-cache")
+    engine = trt.load_engine(folder / meta["file"])
+    session = ox.session(folder / FP32_FILE)
+    per_batch = {}
+    for n in ox.verification_batches(b["min"], b["opt"], b["max"]):
+        feeds = ox.example_inputs(config, n, manifest["parity"]["seed"] + n)
+        expected = session.run(None, feeds)[0]
+        got = trt.run_engine(engine, feeds)["images"]
+        per_batch[n] = ox.compare(expected, got, manifest["output"]["kind"])
+    figures = {**ox.merge(list(per_batch.values())), "reference": "onnxruntime fp32 (cpu)",
+               "per_batch": {str(k): v for k, v in per_batch.items()}}
+    figures.update(_verdict(figures, manifest["output"]["kind"], precision))
+    if not figures["passed"]:
+        (folder / meta["file"]).unlink(missing_ok=True)
+        raise CheckFailed(f"{meta['file']} does not match ONNX Runtime: "
+                          f"{_figures_line(figures, manifest['output']['kind'])} (needs {figures['tolerance']})")
+    meta["parity"] = figures
+    manifest["engines"] = [e for e in manifest["engines"] if e["file"] != meta["file"]] + [meta]
+    atomic_write_text(folder / "manifest.json", mf.dumps(manifest))
+    log(summary(folder, manifest))
+    return meta

@@ -1,0 +1,65 @@
+"""manifest.json: what an export folder holds, how it was checked, and what made it. The Sampler, the bench and
+the server read an export through `load_export`, which validates the schema and every artifact's checksum."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import ArtifactError
+
+SCHEMA_VERSION = 1
+REQUIRED = ("schema_version", "name", "generator", "inputs", "output", "batch", "opset", "artifacts", "parity",
+            "versions", "source")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe(path: Path, **extra) -> dict:
+    """An artifact entry: size and checksum, plus what the caller knows of it."""
+    return {"size": path.stat().st_size, "sha256": sha256(path), **extra}
+
+
+def dumps(manifest: dict) -> str:
+    return json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+
+
+def load_manifest(folder: str | Path) -> dict:
+    """Read and validate manifest.json of an export folder (schema only; see `load_export` for the files)."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ArtifactError(f"{folder} is not an export folder (no manifest.json); make one with `gandeploy export`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}); re-run gandeploy export") from None
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ArtifactError(f"{path} has schema_version {version!r}; this gandeploy reads {SCHEMA_VERSION}: "
+                            f"upgrade gandeploy, or re-export with this one")
+    missing = [key for key in REQUIRED if key not in manifest]
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}; re-run gandeploy export")
+    return manifest
+
+
+def load_export(folder: str | Path) -> dict:
+    """`load_manifest` plus a check that every listed file is there, whole and unchanged."""
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    for name, entry in {**manifest["artifacts"], **{e["file"]: e for e in manifest.get("engines", [])}}.items():
+        file = folder / name
+        if not file.is_file():
+            raise ArtifactError(f"{file} is missing; re-run gandeploy export")
+        if file.stat().st_size != entry["size"] or sha256(file) != entry["sha256"]:
+            raise ArtifactError(f"{file} is truncated or changed since export ({file.stat().st_size} bytes, "
+                                f"manifest says {entry['size']}; checksum differs); re-run gandeploy export")
+    return manifest

@@ -1,0 +1,182 @@
+"""ONNX export of a generator, its FP16 twin, and the numeric checks that must pass before an export is done.
+
+Graph contract: inputs `z` float32 (n, latent_dim) and, for conditional models, `label` int64 (n,); one output
+`images`: uint8 (n, h, w, c) with post-processing fused in (output="uint8"), or float32 (n, c, h, w) in the
+generator's value range (output="float"). The batch axis is dynamic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..latents import latents
+
+DEFAULT_OPSET = 18
+OUTPUTS = ("uint8", "float")
+FLOAT_TOLERANCE = 1e-4  # max abs error of ONNX Runtime FP32 against PyTorch FP32
+UINT8_TOLERANCE = 1  # grey levels
+FP16_MIN_PSNR_DB = 40.0
+
+
+class ExportGraph(nn.Module):
+    """The generator plus, for uint8 output, the float -> uint8 (n, h, w, c) conversion, so a service does no
+    per-pixel work and moves a quarter of the bytes."""
+
+    def __init__(self, generator: nn.Module, output: str, value_range=(-1.0, 1.0)):
+        super().__init__()
+        self.generator, self.output = generator, output
+        self.offset, self.scale = -value_range[0], 255.0 / (value_range[1] - value_range[0])
+
+    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.generator(z, label)  # (n, c, h, w) float
+        if self.output == "float":
+            return x
+        # round-half-to-even in both torch and ONNX Round, as gandeploy.images.to_uint8
+        return ((x + self.offset) * self.scale).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def input_names(config: dict) -> list[str]:
+    return ["z", "label"] if config["num_classes"] else ["z"]
+
+
+def example_inputs(config: dict, n: int, seed: int) -> dict[str, np.ndarray]:
+    """Counter-based latents of `seed` and (conditional models) labels 0, 1, 2, ... mod classes, shuffled by seed."""
+    feeds = {"z": latents(seed, n, config["latent_dim"])}
+    if config["num_classes"]:
+        feeds["label"] = np.random.default_rng(seed).integers(0, config["num_classes"], n, dtype=np.int64)
+    return feeds
+
+
+def export_onnx(graph: ExportGraph, config: dict, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """torch.onnx (dynamo) with a dynamic batch axis; BatchNorm is folded into the convolutions by the exporter's
+    optimizer. The example batch is 2: with 1 the exporter specialises the batch axis to a constant."""
+    feeds = example_inputs(config, 2, seed=0)
+    args = tuple(torch.from_numpy(feeds[name]) for name in input_names(config))
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    shapes = {name: {0: batch} for name in input_names(config)}
+    try:
+        # the dynamo exporter narrates its progress on stdout; a CLI's output is what we say
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logs("torch.onnx"),
+              _quiet_logs("onnxscript")):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(graph.eval(), args, input_names=input_names(config), output_names=["images"],
+                                        dynamic_shapes=shapes, opset_version=opset, dynamo=True, optimize=True)
+    except Exception as e:  # the exporter raises many types; the root cause's last line says what went wrong
+        root = e.__cause__ or e
+        lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(root).__name__
+        raise UserError(f"--opset {opset}: torch {torch.__version__} could not export this generator ({reason}); "
+                        f"use --opset {DEFAULT_OPSET} (the default)") from None
+    # the exporter converts to an older opset when it can, and otherwise keeps its own quietly: say so
+    actual = next((o.version for o in program.model_proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if actual != opset:
+        raise UserError(f"--opset {opset}: torch {torch.__version__} cannot export this generator to opset {opset} "
+                        f"(it produced opset {actual}); use --opset {DEFAULT_OPSET} (the default)")
+    program.save(str(path), external_data=False)
+
+
+@contextlib.contextmanager
+def _quiet_logs(name: str):
+    """torch.onnx logs warnings such as 'torchvision is not installed. Skipping torchvision::nms' that concern
+    nothing a generator uses."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_model(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"{path} is not a valid ONNX model ({first}); re-run gandeploy export") from None
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """Mixed precision with float32 inputs and outputs (onnxconverter-common: a pure graph rewrite that runs on
+    any machine; ModelOpt AutoCast would need the CUDA stack). The uint8 post-processing stays float32: in float16,
+    values near 255 are spaced 0.125 apart, enough to move a pixel across a rounding boundary."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(src))
+    keep = _post_processing_nodes(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns about values clipped to the float16 range; parity checks those
+        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
+    onnx.save(half, str(dst))
+
+
+def _post_processing_nodes(model) -> list[str]:
+    """Names of the nodes after the generator's final Tanh (the uint8 conversion), if any."""
+    nodes = list(model.graph.node)
+    tanh = [i for i, n in enumerate(nodes) if n.op_type == "Tanh"]
+    if not tanh:
+        return []
+    reached = set(nodes[tanh[-1]].output)
+    names = []
+    for node in nodes[tanh[-1] + 1:]:
+        if reached.intersection(node.input):
+            reached.update(node.output)
+            names.append(node.name)
+    return names
+
+
+def session(path: Path, providers=("CPUExecutionProvider",)):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=list(providers))
+
+
+def verification_batches(min_batch: int, opt_batch: int, max_batch: int) -> list[int]:
+    """1 (or the minimum), an odd size, the opt size and the max size, in range and without repeats."""
+    odd = next((b for b in (7, 5, 3, opt_batch - 1, opt_batch + 1) if min_batch <= b <= max_batch and b % 2), None)
+    sizes = [max(1, min_batch), odd, opt_batch, max_batch]
+    return sorted({b for b in sizes if b is not None})
+
+
+def compare(reference: np.ndarray, output: np.ndarray, output_kind: str) -> dict:
+    """Paired parity figures of one batch, as design.md defines them."""
+    if output_kind == "uint8":
+        diff = np.abs(reference.astype(np.int16) - output.astype(np.int16))
+        mse = float((diff.astype(np.float64) ** 2).mean())
+        return {"max_abs_err": int(diff.max()), "mean_abs_err": float(diff.mean()),
+                "uint8_differing": float((diff > 0).mean()), "psnr_db": _psnr(mse, 255.0)}
+    diff = np.abs(reference.astype(np.float64) - output.astype(np.float64))
+    as_uint8 = np.abs(_to_levels(reference) - _to_levels(output))
+    return {"max_abs_err": float(diff.max()), "mean_abs_err": float(diff.mean()),
+            "uint8_differing": float((as_uint8 > 0).mean()), "psnr_db": _psnr(float((diff**2).mean()), 2.0)}
+
+
+def _to_levels(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round((x.astype(np.float64) + 1.0) * 127.5), 0, 255).astype(np.int16)
+
+
+def _psnr(mse: float, peak: float) -> float | None:
+    """PSNR in dB; None when the outputs are identical (infinite PSNR has no JSON spelling)."""
+    return None if mse == 0 else float(10 * np.log10(peak**2 / mse))
+
+
+def merge(figures: list[dict]) -> dict:
+    """Worst case over batches (max errors, share differing, lowest PSNR), mean of means."""
+    return {"max_abs_err": max(f["max_abs_err"] for f in figures),
+            "mean_abs_err": float(np.mean([f["mean_abs_err"] for f in figures])),
+            "uint8_differing": max(f["uint8_differing"] for f in figures),
+            "psnr_db": min((f["psnr_db"] for f in figures if f["psnr_db"] is not None), default=None)}
