@@ -71,8 +71,9 @@ def atomic_dir(path: str | Path):
     tmp.mkdir()
     try:
         yield tmp
-        for file in tmp.iterdir():
-            _publish(file)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                _publish(file)
         old = None
         if path.exists():
             old = path.with_name(f".old-{path.name}-{os.getpid()}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import secrets
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,6 +83,11 @@ def export(source: str | Path, out: str | Path | None = None, options: ExportOpt
             ox.check_model(tmp / FP16_FILE)
             parity["onnxruntime_fp16"] = _check_onnx(tmp / FP16_FILE, config, references, options.output, "fp16")
             artifacts[FP16_FILE] = mf.describe(tmp / FP16_FILE, precision="fp16")
+        # the PyTorch generator travels with the export: the torch backend and parity checks need no run folder
+        (tmp / "generator").mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copyfile(folder / name, tmp / "generator" / name)
+            artifacts[f"generator/{name}"] = mf.describe(tmp / "generator" / name)
         manifest = _manifest(run_name, folder, config, options, artifacts, parity)
         (tmp / "manifest.json").write_text(mf.dumps(manifest))
     log(summary(out, manifest))

@@ -197,4 +197,4 @@ def test_export_cli_defaults_to_the_latest_run_and_exports_folder(tiny_run, tmp_
     assert code == 0, output
     assert "PASSED" in output and "FAILED" not in output
     manifest = load_export(tmp_path / "exports" / "dcgan_mnist")
-    assert list(manifest["artifacts"]) == ["generator.onnx"]
+    assert list(manifest["artifacts"]) == ["generator.onnx", "generator/config.json", "generator/model.safetensors"]

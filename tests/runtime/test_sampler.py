@@ -1,0 +1,180 @@
+"""The shared test every available backend passes: determinism, parity with PyTorch FP32, labels, bad input,
+concurrency. Backends that cannot run here skip with their reason."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from gandeploy import Overloaded, Sampler, SamplerError
+from gandeploy.artifacts import load_generator
+from gandeploy.export import ExportOptions, export
+from gandeploy.images import to_uint8
+from gandeploy.latents import latents
+from gandeploy.runtime import BackendUnavailable
+
+BACKENDS = ["torch", "onnxruntime", "tensorrt"]
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_run, tiny_conditional_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sampler-exports")
+    quiet = lambda _: None  # noqa: E731
+    return {
+        "uint8": export(tiny_run, root / "uint8", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
+        "float": export(tiny_run, root / "float", ExportOptions(output="float", max_batch=64, opt_batch=16), log=quiet),
+        "cond": export(tiny_conditional_run, root / "cond", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
+    }
+
+
+def open_sampler(path, backend, **kwargs) -> Sampler:
+    try:
+        return Sampler(path, backend=backend, **kwargs)
+    except BackendUnavailable as e:
+        pytest.skip(f"{backend} cannot run here: {e}")
+
+
+def reference(run_dir, z, labels=None):
+    generator, _ = load_generator(run_dir)
+    with torch.inference_mode():
+        return generator(torch.from_numpy(z), None if labels is None else torch.from_numpy(labels))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_image_k_of_seed_s_depends_on_s_and_k_alone(exports, backend):
+    with open_sampler(exports["uint8"], backend) as sampler:
+        ten = sampler.sample(10, seed=7)
+        assert ten.dtype == np.uint8 and ten.shape == (10, 28, 28, 1)
+        np.testing.assert_array_equal(ten, sampler.sample(25, seed=7)[:10])
+        assert not np.array_equal(ten, sampler.sample(10, seed=8))
+        np.testing.assert_array_equal(sampler.latents(10, 7), latents(7, 10, 16))
+    with open_sampler(exports["uint8"], backend, max_batch=3) as chunked:  # chunking changes nothing
+        np.testing.assert_array_equal(chunked.sample(10, seed=7), ten)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parity_with_pytorch_fp32(exports, tiny_run, backend):
+    z = latents(3, 20, 16)
+    expected = reference(tiny_run, z)
+    with open_sampler(exports["float"], backend) as sampler:
+        got = sampler.generate(z)
+        assert got.dtype == np.float32 and got.shape == (20, 1, 28, 28)
+        assert np.abs(got - expected.numpy()).max() <= 1e-4
+    with open_sampler(exports["uint8"], backend) as sampler:
+        images = sampler.sample(20, seed=3)
+        assert np.abs(images.astype(int) - to_uint8(expected).astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conditional_labels(exports, tiny_conditional_run, backend):
+    with open_sampler(exports["cond"], backend) as sampler:
+        labels = np.arange(12) % 10
+        images = sampler.sample(12, seed=1, labels=labels)
+        expected = to_uint8(reference(tiny_conditional_run, latents(1, 12, 16), labels.astype(np.int64)))
+        assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+        threes = sampler.sample(12, seed=1, labels=3)  # one label for all
+        np.testing.assert_array_equal(threes[3], images[3])
+        assert not np.array_equal(threes[4], images[4])
+        with pytest.raises(SamplerError, match="class-conditional: pass labels"):
+            sampler.sample(2, seed=0)
+        with pytest.raises(SamplerError, match="label 10 is out of range; this generator has classes 0..9"):
+            sampler.sample(2, seed=0, labels=[1, 10])
+        with pytest.raises(SamplerError, match=r"labels has shape \(3,\); expected one int or \(2,\)"):
+            sampler.sample(2, seed=0, labels=[1, 2, 3])
+        with pytest.raises(SamplerError, match="labels must be integers"):
+            sampler.sample(2, seed=0, labels=[0.5, 1.5])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input_is_a_clear_value_error(exports, backend):
+    with open_sampler(exports["uint8"], backend, max_images=100) as sampler:
+        cases = [
+            (lambda: sampler.sample(0, 1), "n=0 is out of range; ask for 1 to 100 images"),
+            (lambda: sampler.sample(101, 1), "n=101 is out of range"),
+            (lambda: sampler.sample(2.5, 1), "n must be an integer"),
+            (lambda: sampler.sample(2, -1), "seed must be an integer in"),
+            (lambda: sampler.sample(2, 1.5), "seed must be an integer in"),
+            (lambda: sampler.sample(2, 1, labels=[1, 2]), "unconditional; pass no labels"),
+        ]
+        if backend != "torch":  # the graph of a uint8 export has no float output; PyTorch has both
+            cases.append((lambda: sampler.generate(np.zeros((2, 16), np.float32)), "exported with uint8 output"))
+        for call, message in cases:
+            with pytest.raises(ValueError, match=message):
+                call()
+    with open_sampler(exports["float"], backend) as sampler:
+        with pytest.raises(SamplerError, match=r"z has shape \(2, 15\); expected \(n, 16\)"):
+            sampler.generate(np.zeros((2, 15), np.float32))
+        with pytest.raises(SamplerError, match="z has dtype float64; expected float32"):
+            sampler.generate(np.zeros((2, 16)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sixteen_threads_get_the_serial_results(exports, backend):
+    with open_sampler(exports["uint8"], backend, max_delay_ms=5) as sampler:
+        jobs = [(1 + k % 5, 100 + k) for k in range(48)]
+        serial = {job: sampler.sample(*job) for job in jobs}
+        results, errors = {}, []
+        start = threading.Barrier(16)
+
+        def worker(index):
+            try:
+                start.wait()
+                for job in jobs[index::16]:
+                    results[("direct", job)] = sampler.sample(*job)
+                    results[("front", job)] = sampler.submit(*job).result(timeout=60)
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for (_, job), images in results.items():
+            np.testing.assert_array_equal(images, serial[job])
+
+
+def test_batching_front_coalesces_and_refuses_when_full(exports):
+    with Sampler(exports["uint8"], backend="onnxruntime", max_delay_ms=500, max_queue=3) as sampler:
+        first = sampler.submit(2, seed=1)
+        with pytest.raises(Overloaded, match="batching queue full"):
+            sampler.submit(2, seed=2)  # 4 images would wait, over the limit of 3: refused at once
+        np.testing.assert_array_equal(first.result(timeout=10), sampler.sample(2, seed=1))
+        later = sampler.submit(2, seed=2).result(timeout=10)  # the service goes on
+        np.testing.assert_array_equal(later, sampler.sample(2, seed=2))
+
+
+def test_asyncio_form(exports):
+    async def many(sampler):
+        return await asyncio.gather(*(sampler.asample(2, seed=s) for s in range(8)))
+
+    with Sampler(exports["uint8"], backend="onnxruntime") as sampler:
+        for seed, images in enumerate(asyncio.run(many(sampler))):
+            np.testing.assert_array_equal(images, sampler.sample(2, seed=seed))
+
+
+def test_interpolation_runs_from_seed_a_to_seed_b(exports):
+    with Sampler(exports["uint8"], backend="torch") as sampler:
+        path = sampler.interpolate(4, 9, steps=6)
+        assert path.shape == (6, 28, 28, 1)
+        assert np.abs(path[0].astype(int) - sampler.sample(1, 4)[0]).max() <= 1
+        assert np.abs(path[-1].astype(int) - sampler.sample(1, 9)[0]).max() <= 1
+
+
+def test_auto_picks_what_runs_here_and_says_why(exports, tiny_run, tmp_path):
+    with Sampler(exports["uint8"]) as sampler:
+        expected = "onnxruntime" if not torch.cuda.is_available() else sampler.info["backend"]
+        assert sampler.info["backend"] == expected and "tensorrt" in sampler.info["why"]
+    with Sampler(tiny_run) as from_run:  # a run folder: only torch can run it
+        assert from_run.info["backend"] == "torch"
+    with pytest.raises(ValueError, match="does not exist"):
+        Sampler(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="neither an export .* nor a generator folder"):
+        Sampler(tmp_path)
+    with pytest.raises(ValueError, match="no fp32 TensorRT engine"):
+        Sampler(exports["uint8"], backend="tensorrt")
+    with pytest.raises(ValueError, match="backend 'tflite' is not one of"):
+        Sampler(exports["uint8"], backend="tflite")
