@@ -13,7 +13,12 @@ The recipe, for reimplementation in another language:
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+
+_MASK64 = (1 << 64) - 1
+_local = threading.local()  # one Philox per thread, re-keyed per call: 3 us instead of 9 us for a new one
 
 
 def latents(seed: int, n: int, dim: int, start: int = 0) -> np.ndarray:
@@ -21,11 +26,17 @@ def latents(seed: int, n: int, dim: int, start: int = 0) -> np.ndarray:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     blocks = -(-dim // 4)
-    bitgen = np.random.Philox(key=int(seed))
-    bitgen.advance(start * blocks)
+    counter = start * blocks
+    bitgen = getattr(_local, "bitgen", None)
+    if bitgen is None:
+        bitgen = _local.bitgen = np.random.Philox(key=0)
+    bitgen.state = {"bit_generator": "Philox", "buffer": np.zeros(4, np.uint64), "buffer_pos": 4,
+                    "has_uint32": 0, "uinteger": 0,
+                    "state": {"counter": np.array([counter & _MASK64, counter >> 64, 0, 0], np.uint64),
+                              "key": np.array([int(seed), 0], np.uint64)}}
     words = bitgen.random_raw(n * blocks * 4).reshape(n, blocks * 2, 2)
-    u = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53  # (n, pairs, 2) uniform in [0, 1)
+    u = (words >> np.uint64(11)) * 2.0**-53  # (n, pairs, 2) uniform in [0, 1)
     radius = np.sqrt(-2.0 * np.log1p(-u[..., 0]))
-    angle = 2.0 * np.pi * u[..., 1]
-    z = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=-1).reshape(n, blocks * 4)
+    # r * exp(i * angle) holds (r cos, r sin) side by side: the pairs in order, in one pass
+    z = (radius * np.exp(2j * np.pi * u[..., 1])).view(np.float64).reshape(n, blocks * 4)
     return np.ascontiguousarray(z[:, :dim], dtype=np.float32)

@@ -39,7 +39,7 @@ class Sampler:
     """
 
     def __init__(self, path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "fp32",
-                 max_batch: int | None = None, max_images: int = MAX_IMAGES, max_delay_ms: float = 2.0,
+                 max_batch: int | None = None, max_images: int = MAX_IMAGES, max_delay_ms: float = 0.0,
                  max_queue: int = 4096, threads: int = 0, compile: bool = False, micro_batch: int | None = None):
         if backend not in ("auto", *BACKENDS):
             raise SamplerError(f"backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
@@ -145,7 +145,8 @@ class Sampler:
 
     def submit(self, n: int, seed: int, labels=None) -> Future:
         """Like sample, through the batching front: returns a Future at once; raises Overloaded when the queue is
-        full. Requests from all threads are coalesced up to max_batch images within max_delay_ms."""
+        full. Requests from all threads are coalesced up to max_batch images: whatever waits when the backend
+        becomes free (Triton's default), or, with max_delay_ms > 0, what arrives within that delay."""
         z = self.latents(n, seed)
         labels = self._check_labels(labels, len(z))
         if self._front is None:

@@ -1,0 +1,157 @@
+"""What the Sampler costs on top of the runtime, and what its batching front buys.
+
+Side by side in one run, on the same export:
+  1. `Sampler.sample(n, seed)` end to end (seed in, latents drawn, uint8 images out) against a bare
+     `onnxruntime.InferenceSession.run` on the same ONNX with the same session options and precomputed latents,
+     at batch 1, 64 and 256: images/s and batch-1 latency p50.
+  2. The batching front under 16 concurrent single-image callers, against the same backend on one batch of 16 and
+     on 16 serial single-image calls, for ONNX Runtime and for torch.
+
+    python bench/sampler_overhead.py [--export exports/dcgan_mnist] [--seconds 0.3] [--rounds 11]
+
+Figures are medians over rounds; ratios are medians of the per-round ratios (each round times both sides back to
+back). Writes bench/results/sampler_overhead-cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from gandeploy import Sampler
+from gandeploy.latents import latents
+
+
+def rate(call, images_per_call: int, seconds: float) -> float:
+    """images/s of `call` repeated for about `seconds` (after one warm-up call)."""
+    call()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        call()
+        count += 1
+    return count * images_per_call / (time.perf_counter() - start)
+
+
+def p50_latency_ms(call, calls: int = 400) -> float:
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def concurrent_rate(sampler: Sampler, callers: int, seconds: float) -> float:
+    """images/s with `callers` threads each submitting single-image requests back to back."""
+    done = [0] * callers
+    stop = time.perf_counter() + seconds
+    barrier = threading.Barrier(callers)
+
+    def caller(i):
+        barrier.wait()
+        seed = i * 1_000_000
+        while time.perf_counter() < stop:
+            sampler.submit(1, seed).result()
+            seed += 1
+            done[i] += 1
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - start)
+
+
+def bare_session(onnx_path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()  # the options the Sampler's ONNX Runtime backend uses
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 0
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export", default="exports/dcgan_mnist")
+    parser.add_argument("--seconds", type=float, default=0.3, help="length of one timed window")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+
+    export = Path(args.export)
+    manifest = json.loads((export / "manifest.json").read_text())
+    latent_dim = manifest["generator"]["latent_dim"]
+    if manifest["generator"]["num_classes"]:
+        raise SystemExit("use an unconditional export for this bench")
+    session = bare_session(export / "generator.onnx")
+    samplers = {"onnxruntime": Sampler(export, backend="onnxruntime"), "torch": Sampler(export, backend="torch")}
+    ours = samplers["onnxruntime"]
+
+    rows = {}
+    for _ in range(args.rounds):  # interleaved: drift on a shared machine hits both sides alike
+        for batch in (1, 64, 256):
+            z = latents(0, batch, latent_dim)
+            rows.setdefault(("bare", batch), []).append(rate(lambda: session.run(None, {"z": z}), batch, args.seconds))
+            rows.setdefault(("sampler", batch), []).append(rate(lambda: ours.sample(batch, 0), batch, args.seconds))
+        z1 = latents(0, 1, latent_dim)
+        rows.setdefault(("bare", "p50"), []).append(p50_latency_ms(lambda: session.run(None, {"z": z1})))
+        rows.setdefault(("sampler", "p50"), []).append(p50_latency_ms(lambda: ours.sample(1, 0)))
+        for name, sampler in samplers.items():
+            rows.setdefault((name, "front16"), []).append(concurrent_rate(sampler, 16, args.seconds))
+            rows.setdefault((name, "batch16"), []).append(rate(lambda: sampler.sample(16, 0), 16, args.seconds))
+            rows.setdefault((name, "serial16"), []).append(
+                rate(lambda: [sampler.sample(1, k) for k in range(16)], 16, args.seconds))
+    med = {key: statistics.median(values) for key, values in rows.items()}
+
+    def paired(a, b):  # median of per-round ratios: this shared machine drifts by tens of % between rounds
+        return statistics.median(x / y for x, y in zip(rows[a], rows[b]))
+
+    overhead = {str(b): {"bare_images_per_s": med[("bare", b)], "sampler_images_per_s": med[("sampler", b)],
+                         "ratio": paired(("sampler", b), ("bare", b))} for b in (1, 64, 256)}
+    latency = {"bare_p50_ms": med[("bare", "p50")], "sampler_p50_ms": med[("sampler", "p50")],
+               "ratio": paired(("sampler", "p50"), ("bare", "p50"))}
+    front = {name: {"front_16_callers_images_per_s": med[(name, "front16")],
+                    "one_batch_of_16_images_per_s": med[(name, "batch16")],
+                    "serial_16_single_images_per_s": med[(name, "serial16")],
+                    "front_vs_batch16": paired((name, "front16"), (name, "batch16")),
+                    "front_vs_serial": paired((name, "front16"), (name, "serial16"))} for name in samplers}
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
+               "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+               "numpy": np.__version__}
+    report = {"export": str(export), "generator": manifest["generator"], "seconds_per_window": args.seconds,
+              "rounds": args.rounds, "machine": machine, "overhead": overhead, "batch1_latency": latency,
+              "batching_front": front, "raw": {f"{k[0]}/{k[1]}": v for k, v in rows.items()}}
+    out = Path(args.out) / "sampler_overhead-cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"{'batch':>6} {'bare session img/s':>20} {'Sampler.sample img/s':>22} {'ratio':>7}")
+    for b, o in overhead.items():
+        print(f"{b:>6} {o['bare_images_per_s']:>20.0f} {o['sampler_images_per_s']:>22.0f} {o['ratio']:>7.3f}")
+    print(f"batch-1 p50 latency: bare {latency['bare_p50_ms']:.3f} ms, Sampler {latency['sampler_p50_ms']:.3f} ms "
+          f"({latency['ratio']:.3f}x)")
+    print(f"{'backend':<12} {'front, 16 callers':>18} {'one batch of 16':>16} {'16 serial calls':>16} "
+          f"{'front/batch':>12} {'front/serial':>13}  (images/s)")
+    for name, f in front.items():
+        print(f"{name:<12} {f['front_16_callers_images_per_s']:>18.0f} {f['one_batch_of_16_images_per_s']:>16.0f} "
+              f"{f['serial_16_single_images_per_s']:>16.0f} {f['front_vs_batch16']:>12.2f} "
+              f"{f['front_vs_serial']:>13.2f}")
+    print(f"-> {out}")
+    for sampler in samplers.values():
+        sampler.close()
+
+
+if __name__ == "__main__":
+    main()
