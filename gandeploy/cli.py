@@ -141,6 +141,32 @@ def export(
 
 
 @app.command()
+def fid(
+    source: str = typer.Argument(..., help="A run, an export, or an image folder."),
+    real: str = typer.Option("mnist", "--real", help="mnist (the bundled digits), an image folder, or a stats .npz."),
+    n: int = typer.Option(2048, "--n", min=2, help="Images to draw from SOURCE (and from REAL when it has them)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the generated images."),
+    batch_size: int = typer.Option(50, "--batch-size", min=1, help="Feature network batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N] for the feature network."),
+):
+    """FID of a generator (or image folder) against real data, with the Inception network of FID's definition."""
+    import warnings
+
+    from .metrics.fid import compute_fid
+    from .train import resolve_device
+
+    with _errors():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = compute_fid(source, real, n, seed, batch_size, str(resolve_device(device)))
+        for w in caught:
+            typer.echo(f"warning: {w.message}", err=True)
+        real_n = f"N={result['real_n']} " if result["real_n"] else ""
+        typer.echo(f"FID {result['fid']:.2f}  ({result['source']}, N={result['n']}; against {real_n}"
+                   f"{result['real']}; network: {result['network']})")
+
+
+@app.command()
 def info():
     """Print versions, devices and which backends are available here."""
     import platform

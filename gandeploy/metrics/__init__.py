@@ -1,0 +1,1 @@
+"""Metrics: FID (features, statistics, Frechet distance) with no download at run time."""

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli
+from gandeploy.errors import UserError
+from gandeploy.metrics import fid
+
+
+def test_frechet_distance_of_gaussians_in_closed_form():
+    """For diagonal covariances FID = ||mu1 - mu2||^2 + sum (sqrt(a) - sqrt(b))^2."""
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.1, 3, 50), rng.uniform(0.1, 3, 50)
+    mu1, mu2 = rng.normal(size=50), rng.normal(size=50)
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    # rotating both covariances by the same orthogonal matrix changes nothing
+    q, _ = np.linalg.qr(rng.normal(size=(50, 50)))
+    rotated = fid.frechet_distance(q @ mu1, q @ np.diag(a) @ q.T, q @ mu2, q @ np.diag(b) @ q.T)
+    assert rotated == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_distance_is_robust_to_singular_covariances():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(20, 64)), rng.normal(size=(20, 64))  # 20 samples in 64 dims: rank-deficient
+    mu1, s1 = fid.statistics(x)
+    mu2, s2 = fid.statistics(y)
+    value = fid.frechet_distance(mu1, s1, mu2, s2)
+    assert np.isfinite(value) and value > 0
+    assert fid.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6 * np.trace(s1))
+    assert s1.dtype == np.float64
+
+
+def test_preprocess_repeats_grey_and_resizes_to_299():
+    images = np.zeros((2, 28, 28, 1), np.uint8)
+    images[:, 10:18, 10:18] = 255
+    x = fid.preprocess(images)
+    assert x.shape == (2, 3, 299, 299) and x.dtype == torch.float32
+    assert torch.equal(x[:, 0], x[:, 2]) and float(x.max()) == 255.0 and float(x.min()) == 0.0
+    rgb = fid.preprocess(np.full((1, 299, 299, 3), 7, np.uint8))
+    assert torch.equal(rgb, torch.full((1, 3, 299, 299), 7.0))
+
+
+def test_statistics_need_two_samples():
+    with pytest.raises(UserError, match="at least 2 samples"):
+        fid.statistics(np.zeros((1, 4)))
+
+
+@pytest.fixture(scope="module")
+def net():
+    try:
+        return fid.load_feature_net("cpu")
+    except UserError as e:
+        pytest.skip(str(e))
+
+
+def test_inception_features_and_cached_real_statistics(net, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANDEPLOY_CACHE", str(tmp_path))
+    from gandeploy.data import bundled_mnist
+
+    digits = bundled_mnist()[0][:12][..., None]
+    features = net(digits, batch_size=5)
+    assert features.shape == (12, 2048) and features.dtype == np.float64 and np.isfinite(features).all()
+    assert features.min() >= 0  # pool3 follows a ReLU and an average pool
+    np.testing.assert_allclose(net(digits[3:4]), features[3:4], rtol=1e-4, atol=1e-5)  # batch-free
+    mu, sigma = fid.real_statistics(digits, net)
+    cached = list((tmp_path / "fid").glob("*.npz"))
+    assert len(cached) == 1
+    again = fid.real_statistics(digits, net)  # from the cache file
+    np.testing.assert_array_equal(again[0], mu)
+    np.testing.assert_array_equal(fid.statistics(features)[1], sigma)
+
+
+def test_fid_command_on_a_tiny_run(net, tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANDEPLOY_CACHE", str(tmp_path))
+    code, output = cli("fid", str(tiny_run), "--n", "24", "--batch-size", "12", "--device", "cpu")
+    assert code == 0, output
+    assert "FID from 24 samples is biased" in output
+    value = float(output.split("FID ")[-1].split()[0])
+    assert value > 50  # four training steps make noise, far from digits
+    code, output = cli("fid", "mnist", "--real", str(tmp_path / "nope.npz"), "--n", "4")
+    assert code == 2 and "not a statistics file" in output
