@@ -167,6 +167,44 @@ def fid(
 
 
 @app.command()
+def bench(
+    export_dir: Optional[str] = typer.Argument(None, help="An export folder (default: the latest under exports/)."),
+    backends: str = typer.Option("torch,onnxruntime,tensorrt", "--backends", help="Comma list of backends."),
+    batch_sizes: str = typer.Option("1,8,64,256", "--batch-sizes", help="Comma list of batch sizes."),
+    fid_samples: Optional[int] = typer.Option(
+        None, "--fid-samples", min=0, help="Images per FID (default: 10000 on a GPU, 0 = no FID on CPU)."),
+    real: str = typer.Option("mnist", "--real", help="Real data for FID: mnist, an image folder or a stats .npz."),
+    quick: bool = typer.Option(False, "--quick", help="Shorter timing windows and fewer parity samples."),
+    out: Optional[str] = typer.Option(None, "--out", help="Report folder (default: bench/results/<name>)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+):
+    """Throughput, latency and parity (paired and FID) of every backend on one export, in one report."""
+    import torch
+
+    from .bench import BenchOptions, run_bench
+    from .train import latest_export
+
+    with _errors():
+        sizes = _int_list(batch_sizes, "--batch-sizes")
+        names = tuple(b.strip() for b in backends.split(",") if b.strip())
+        if fid_samples is None:
+            fid_samples = 10000 if torch.cuda.is_available() and not quick else 0
+        options = BenchOptions(backends=names, batch_sizes=sizes, fid_samples=fid_samples, real=real, quick=quick,
+                               device=device)
+        run_bench(export_dir if export_dir is not None else latest_export(), options, out, log=typer.echo)
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag}: {text!r} is not a comma list of integers") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{flag}: sizes must be positive integers")
+    return values
+
+
+@app.command()
 def info():
     """Print versions, devices and which backends are available here."""
     import platform

@@ -417,6 +417,14 @@ def latest_run(root: str | Path = "runs") -> Path:
     return found[-1].parent.parent
 
 
+def latest_export(root: str | Path = "exports") -> Path:
+    """The export under `root` written last."""
+    found = sorted(Path(root).glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"no export under {root}/; make one with `gandeploy export` or pass an export folder")
+    return found[-1].parent
+
+
 def new_run_dir(root: Path, name: str) -> Path:
     """runs/<name>, or runs/<name>-2, -3, ... when that already holds a run: nothing is ever overwritten."""
     candidate, k = root / name, 1

@@ -1,0 +1,320 @@
+"""`gandeploy bench`: speed and parity of every backend on one export, in one run, written as results.json,
+report.md and throughput.png.
+
+Speed is `Sampler.sample` end to end (seed in, uint8 images out), after a warm-up, over repeated timed windows.
+Parity is against PyTorch FP32 on the same latents (paired) and, with FID, on the same seeds (distributional).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+FP32_LEVELS, FP16_MIN_PSNR = 1, 40.0  # paired tolerances on uint8 images, as the export checks
+FID_DELTA_TARGET = 0.1
+
+
+@dataclass
+class BenchOptions:
+    backends: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
+    batch_sizes: tuple[int, ...] = (1, 8, 64, 256)
+    fid_samples: int = 0  # 0: no FID
+    real: str = "mnist"
+    quick: bool = False
+    window_s: float = 0.5
+    windows: int = 5
+    parity_samples: int = 256
+    device: str = "auto"
+    progress: bool = True
+
+
+def configurations(backends) -> list[tuple[str, str]]:
+    """(backend, precision) pairs to try; what cannot run here is reported as skipped."""
+    pairs = []
+    for backend in backends:
+        pairs += [(backend, "fp32"), (backend, "fp16")]
+    return pairs
+
+
+def machine() -> dict:
+    facts = {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+             "platform": platform.platform(), "gandeploy": __version__, "torch": torch.__version__,
+             "numpy": np.__version__}
+    for module in ("onnxruntime", "onnx", "tensorrt"):
+        try:
+            facts[module] = __import__(module).__version__
+        except Exception:  # optional
+            facts[module] = None
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name(0)
+        facts["cuda"] = torch.version.cuda
+        facts["driver"] = _nvidia_driver()
+    else:
+        facts["gpu"] = None
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        return Path("/proc/driver/nvidia/version").read_text().split("Kernel Module")[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_sampler(sampler, batch: int, options: BenchOptions, labels=None) -> dict:
+    """images/s (median over windows) and per-call latency percentiles of sampler.sample(batch)."""
+    args = {} if labels is None else {"labels": np.arange(batch) % labels}
+    for _ in range(3):  # warm-up: first calls allocate, compile and tune
+        sampler.sample(batch, 0, **args)
+    rates, latencies = [], []
+    for _ in range(options.windows):
+        calls, start = 0, time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            sampler.sample(batch, calls, **args)
+            latencies.append(time.perf_counter() - t0)
+            calls += 1
+            if time.perf_counter() - start >= options.window_s:
+                break
+        rates.append(calls * batch / (time.perf_counter() - start))
+    ms = np.array(latencies) * 1000
+    return {"images_per_s": statistics.median(rates),
+            "latency_ms": {q: float(np.percentile(ms, p)) for q, p in (("p50", 50), ("p90", 90), ("p99", 99))},
+            "calls": len(latencies)}
+
+
+def paired(reference: np.ndarray, images: np.ndarray, precision: str) -> dict:
+    diff = np.abs(reference.astype(np.int16) - images.astype(np.int16))
+    mse = float((diff.astype(np.float64) ** 2).mean())
+    psnr = None if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+    passed = (psnr is None or psnr >= FP16_MIN_PSNR) if precision == "fp16" else int(diff.max()) <= FP32_LEVELS
+    tolerance = f"psnr_db >= {FP16_MIN_PSNR}" if precision == "fp16" else f"max_abs_err <= {FP32_LEVELS} level"
+    return {"max_abs_err": int(diff.max()), "mean_abs_err": float(diff.mean()),
+            "uint8_differing": float((diff > 0).mean()), "psnr_db": psnr, "tolerance": tolerance, "passed": passed}
+
+
+def run_bench(export_dir: str | Path, options: BenchOptions | None = None, out: str | Path | None = None,
+              log=print) -> dict:
+    """Benchmark every (backend, precision) on `export_dir`; write results.json, report.md, throughput.png."""
+    from tqdm.auto import tqdm
+
+    from .export.manifest import load_export
+    from .runtime import Sampler
+
+    options = options or BenchOptions()
+    export_dir = Path(export_dir)
+    manifest = load_export(export_dir)
+    if options.quick:
+        options.window_s, options.windows, options.parity_samples = 0.2, 3, 64
+    classes = manifest["generator"]["num_classes"] or None
+    out = Path(out) if out is not None else Path("bench/results") / manifest["name"]
+    results = {"schema_version": SCHEMA_VERSION, "export": str(export_dir), "name": manifest["name"],
+               "machine": machine(), "options": {k: v for k, v in vars(options).items() if k != "progress"},
+               "speed": [], "parity": [], "skipped": []}
+    samplers = {}
+    for backend, precision in configurations(options.backends):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                samplers[(backend, precision)] = Sampler(export_dir, backend=backend, precision=precision,
+                                                         device=options.device, max_batch=max(options.batch_sizes))
+        except ValueError as e:  # SamplerError, BackendUnavailable, EngineMismatch: all say why
+            results["skipped"].append({"backend": backend, "precision": precision, "reason": str(e).splitlines()[0]})
+    if ("torch", "fp32") not in samplers:
+        raise UserError("the bench needs the torch fp32 reference; include torch in --backends")
+
+    steps = len(samplers) * len(options.batch_sizes)
+    bar = tqdm(total=steps, desc="speed", unit="run", disable=not options.progress)
+    for (backend, precision), sampler in samplers.items():
+        for batch in options.batch_sizes:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            row = {"backend": backend, "precision": precision, "device": sampler.info["device"],
+                   "batch_size": batch, **time_sampler(sampler, batch, options, classes)}
+            row["peak_rss_mb"] = _rss_mb()
+            if torch.cuda.is_available():
+                row["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            results["speed"].append(row)
+            bar.update(1)
+    bar.close()
+
+    labels = None if classes is None else np.arange(options.parity_samples) % classes
+    reference = samplers[("torch", "fp32")].sample(options.parity_samples, 0, labels)
+    for (backend, precision), sampler in samplers.items():
+        images = sampler.sample(options.parity_samples, 0, labels)
+        results["parity"].append({"backend": backend, "precision": precision, "n": options.parity_samples,
+                                  **paired(reference, images, precision)})
+    if options.fid_samples:
+        _fid_rows(results, samplers, options, classes)
+    for sampler in samplers.values():
+        sampler.close()
+    write_reports(results, out)
+    log(render_summary(results, out))
+    return results
+
+
+def _fid_rows(results: dict, samplers: dict, options: BenchOptions, classes) -> None:
+    """FID of each backend's images against the real data at the same N and seeds, its difference from torch FP32,
+    and the noise floor: the FID difference between two seeds of torch FP32."""
+    from tqdm.auto import tqdm
+
+    from .metrics import fid
+
+    n = options.fid_samples
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = fid.load_feature_net(options.device if options.device != "auto" else
+                                   ("cuda" if torch.cuda.is_available() else "cpu"))
+    real_images, real_what = fid.load_images(options.real, n)
+    real = fid.real_statistics(real_images, net, progress=options.progress)
+    labels = None if classes is None else np.arange(n) % classes
+
+    def score(sampler, seed):
+        stats = fid.statistics(net(sampler.sample(n, seed, labels)))
+        return fid.frechet_distance(*stats, *real)
+
+    items = list(samplers.items())
+    values = {}
+    for (backend, precision), sampler in tqdm(items, desc="FID", unit="backend", disable=not options.progress):
+        values[(backend, precision)] = score(sampler, 0)
+    reference = values[("torch", "fp32")]
+    floor = abs(score(samplers[("torch", "fp32")], 1) - reference)
+    results["fid"] = {"n": n, "real": real_what, "real_n": len(real_images), "network": net.name,
+                      "noise_floor": floor, "target_abs_delta": FID_DELTA_TARGET,
+                      "note": ("noise floor: |FID(torch fp32, seed 1) - FID(torch fp32, seed 0)| at this N; a "
+                               "backend's |delta| below it cannot be told apart from torch fp32")}
+    if n < fid.MIN_SAMPLES:
+        results["fid"]["warning"] = f"N={n} is below {fid.MIN_SAMPLES}: FIDs are biased; compare only at equal N"
+    for row in results["parity"]:
+        key = (row["backend"], row["precision"])
+        row["fid"] = values[key]
+        row["fid_delta"] = values[key] - reference
+
+
+# ---- reports ---------------------------------------------------------------------------------------------------------
+
+
+def write_reports(results: dict, out: Path) -> None:
+    from .artifacts import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "report.md", render_markdown(results))
+    plot_throughput(results, out / "throughput.png")
+
+
+def render_markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"# gandeploy bench: {r['name']}", "",
+             f"Export `{r['export']}`. Machine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu'] or 'none'}"
+             + (f" (driver {m.get('driver')}, CUDA {m.get('cuda')})" if m["gpu"] else "")
+             + f"; torch {m['torch']}, onnxruntime {m['onnxruntime']}, tensorrt {m['tensorrt'] or 'not installed'}.",
+             "", "## Speed (Sampler.sample end to end, uint8 images out)", "",
+             "| backend | precision | device | batch | images/s | p50 ms | p90 ms | p99 ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in r["speed"]:
+        lat = s["latency_ms"]
+        lines.append(f"| {s['backend']} | {s['precision']} | {s['device']} | {s['batch_size']} | "
+                     f"{s['images_per_s']:,.0f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} |")
+    lines += ["", "## Parity against torch FP32 (same latents)", "",
+              "| backend | precision | max abs err (levels) | uint8 pixels differing | PSNR dB | FID | FID delta "
+              "| verdict |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in r["parity"]:
+        psnr = "identical" if p["psnr_db"] is None else f"{p['psnr_db']:.1f}"
+        fid_value = f"{p['fid']:.2f}" if "fid" in p else "-"
+        delta = f"{p['fid_delta']:+.3f}" if "fid_delta" in p else "-"
+        verdict = "PASSED" if p["passed"] else "FAILED"
+        lines.append(f"| {p['backend']} | {p['precision']} | {p['max_abs_err']} | {100 * p['uint8_differing']:.3g}% | "
+                     f"{psnr} | {fid_value} | {delta} | {verdict} ({p['tolerance']}) |")
+    if "fid" in r:
+        f = r["fid"]
+        lines += ["", f"FID: N={f['n']} generated (seed 0) against N={f['real_n']} {f['real']}, network "
+                  f"{f['network']}; noise floor {f['noise_floor']:.3f} ({f['note']}); target |delta| <= "
+                  f"{f['target_abs_delta']}."]
+        if "warning" in f:
+            lines.append(f"Warning: {f['warning']}.")
+    if r["skipped"]:
+        lines += ["", "## Skipped", "", "| backend | precision | reason |", "| --- | --- | --- |"]
+        lines += [f"| {s['backend']} | {s['precision']} | {s['reason']} |" for s in r["skipped"]]
+    lines += ["", "![images/s against batch size](throughput.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_throughput(results: dict, path: Path) -> bool:
+    """images/s against batch size per backend, log scale; False (and no file) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    series = {}
+    for s in results["speed"]:
+        series.setdefault(f"{s['backend']} {s['precision']} ({s['device']})", []).append(
+            (s["batch_size"], s["images_per_s"]))
+    for label, points in series.items():
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images/s (median)")
+    ax.set_title(f"{results['name']}: Sampler.sample throughput")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    from .artifacts import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+def render_summary(r: dict, out: Path) -> str:
+    best = {}
+    for s in r["speed"]:
+        key = s["batch_size"]
+        if key not in best or s["images_per_s"] > best[key]["images_per_s"]:
+            best[key] = s
+    lines = [f"bench {r['name']} -> {out}/ (results.json, report.md, throughput.png)"]
+    lines += [f"  batch {b:>4}: fastest {s['backend']} {s['precision']} at {s['images_per_s']:,.0f} images/s"
+              for b, s in sorted(best.items())]
+    for p in r["parity"]:
+        fid_part = f", FID {p['fid']:.2f} ({p['fid_delta']:+.3f})" if "fid" in p else ""
+        lines.append(f"  {p['backend']} {p['precision']}: max {p['max_abs_err']} level(s){fid_part}  "
+                     f"{'PASSED' if p['passed'] else 'FAILED'}")
+    lines += [f"  skipped {s['backend']} {s['precision']}: {s['reason']}" for s in r["skipped"]]
+    return "\n".join(lines)
