@@ -172,7 +172,8 @@ def bench(
     backends: str = typer.Option("torch,onnxruntime,tensorrt", "--backends", help="Comma list of backends."),
     batch_sizes: str = typer.Option("1,8,64,256", "--batch-sizes", help="Comma list of batch sizes."),
     fid_samples: Optional[int] = typer.Option(
-        None, "--fid-samples", min=0, help="Images per FID (default: 10000 on a GPU, 0 = no FID on CPU)."),
+        None, "--fid-samples", min=0,
+        help="Images per FID (default: 10000 on a GPU, none on CPU, 128 with --quick; 0 = no FID)."),
     real: str = typer.Option("mnist", "--real", help="Real data for FID: mnist, an image folder or a stats .npz."),
     quick: bool = typer.Option(False, "--quick", help="Shorter timing windows and fewer parity samples."),
     out: Optional[str] = typer.Option(None, "--out", help="Report folder (default: bench/results/<name>)."),
@@ -181,14 +182,14 @@ def bench(
     """Throughput, latency and parity (paired and FID) of every backend on one export, in one report."""
     import torch
 
-    from .bench import BenchOptions, run_bench
+    from .bench import QUICK_FID_SAMPLES, BenchOptions, run_bench
     from .train import latest_export
 
     with _errors():
         sizes = _int_list(batch_sizes, "--batch-sizes")
         names = tuple(b.strip() for b in backends.split(",") if b.strip())
-        if fid_samples is None:
-            fid_samples = 10000 if torch.cuda.is_available() and not quick else 0
+        if fid_samples is None:  # quick: a small FID sample (flagged in the report); CPU: FID off unless asked
+            fid_samples = QUICK_FID_SAMPLES if quick else (10000 if torch.cuda.is_available() else 0)
         options = BenchOptions(backends=names, batch_sizes=sizes, fid_samples=fid_samples, real=real, quick=quick,
                                device=device)
         run_bench(export_dir if export_dir is not None else latest_export(), options, out, log=typer.echo)

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from conftest import cli
@@ -55,3 +56,20 @@ def test_bench_bad_input(tiny_export, tmp_path):
     assert code == 2 and "needs the torch fp32 reference" in output
     code, output = cli("bench", str(tmp_path / "nothing"))
     assert code == 2 and "not an export folder" in output
+
+
+def test_perturbed_outputs_fail_parity(tiny_export):
+    """Real outputs of two backends agree; the same outputs with a real perturbation (two grey levels added to a
+    block of pixels) fail the stated tolerance."""
+    from gandeploy import Sampler
+    from gandeploy.bench import paired
+
+    with Sampler(tiny_export, backend="torch") as torch_sampler, Sampler(tiny_export, backend="onnxruntime") as ort:
+        reference, images = torch_sampler.sample(16, 0), ort.sample(16, 0)
+    assert paired(reference, images, "fp32")["passed"]
+    perturbed = images.copy()
+    perturbed[:, 10:14, 10:14] = np.clip(perturbed[:, 10:14, 10:14].astype(int) + 2, 0, 255).astype(np.uint8)
+    verdict = paired(reference, perturbed, "fp32")
+    assert not verdict["passed"] and verdict["max_abs_err"] == 2
+    noisy = np.clip(images.astype(int) + np.random.default_rng(0).integers(-40, 41, images.shape), 0, 255)
+    assert not paired(reference, noisy.astype(np.uint8), "fp16")["passed"]  # far below 40 dB

@@ -20,6 +20,19 @@ def test_frechet_distance_of_gaussians_in_closed_form():
     assert rotated == pytest.approx(expected, rel=1e-8)
 
 
+def test_frechet_distance_matches_a_direct_float64_computation():
+    """The textbook formula with the square root of S1 S2 taken from its eigendecomposition (S1 S2 is similar to a
+    PSD matrix, so its eigenvalues are real and non-negative up to rounding)."""
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(400, 30)), rng.normal(1.0, 2.0, size=(400, 30)) @ rng.normal(size=(30, 30)) * 0.3
+    mu1, s1 = x.mean(0), np.cov(x, rowvar=False)
+    mu2, s2 = y.mean(0), np.cov(y, rowvar=False)
+    w, v = np.linalg.eig(s1 @ s2)
+    sqrt_product = (v * np.sqrt(w.astype(complex))) @ np.linalg.inv(v)
+    direct = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(sqrt_product).real
+    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(direct, rel=1e-9)
+
+
 def test_frechet_distance_is_robust_to_singular_covariances():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(20, 64)), rng.normal(size=(20, 64))  # 20 samples in 64 dims: rank-deficient
@@ -60,6 +73,7 @@ def test_inception_features_and_cached_real_statistics(net, tmp_path, monkeypatc
 
     digits = bundled_mnist()[0][:12][..., None]
     features = net(digits, batch_size=5)
+    np.testing.assert_array_equal(net(digits, batch_size=5), features)  # deterministic
     assert features.shape == (12, 2048) and features.dtype == np.float64 and np.isfinite(features).all()
     assert features.min() >= 0  # pool3 follows a ReLU and an average pool
     np.testing.assert_allclose(net(digits[3:4]), features[3:4], rtol=1e-4, atol=1e-5)  # batch-free
