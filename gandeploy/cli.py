@@ -173,7 +173,7 @@ def bench(
     batch_sizes: str = typer.Option("1,8,64,256", "--batch-sizes", help="Comma list of batch sizes."),
     fid_samples: Optional[int] = typer.Option(
         None, "--fid-samples", min=0,
-        help="Images per FID (default: 10000 on a GPU, none on CPU, 128 with --quick; 0 = no FID)."),
+        help="Images per FID (default: 10000 on a GPU, none on CPU, 100 with --quick; 0 = no FID)."),
     real: str = typer.Option("mnist", "--real", help="Real data for FID: mnist, an image folder or a stats .npz."),
     quick: bool = typer.Option(False, "--quick", help="Shorter timing windows and fewer parity samples."),
     out: Optional[str] = typer.Option(None, "--out", help="Report folder (default: bench/results/<name>)."),
