@@ -24,7 +24,6 @@ from . import __version__
 from .errors import UserError
 
 SCHEMA_VERSION = 1
-FP32_LEVELS, FP16_MIN_PSNR = 1, 40.0  # paired tolerances on uint8 images, as the export checks
 FID_DELTA_TARGET = 0.1
 QUICK_FID_SAMPLES = 100  # --quick on 2 CPU cores: 5 x 100 images through Inception in about a minute
 
@@ -114,13 +113,11 @@ def time_sampler(sampler, batch: int, options: BenchOptions, labels=None) -> dic
 
 
 def paired(reference: np.ndarray, images: np.ndarray, precision: str) -> dict:
-    diff = np.abs(reference.astype(np.int16) - images.astype(np.int16))
-    mse = float((diff.astype(np.float64) ** 2).mean())
-    psnr = None if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-    passed = (psnr is None or psnr >= FP16_MIN_PSNR) if precision == "fp16" else int(diff.max()) <= FP32_LEVELS
-    tolerance = f"psnr_db >= {FP16_MIN_PSNR}" if precision == "fp16" else f"max_abs_err <= {FP32_LEVELS} level"
-    return {"max_abs_err": int(diff.max()), "mean_abs_err": float(diff.mean()),
-            "uint8_differing": float((diff > 0).mean()), "psnr_db": psnr, "tolerance": tolerance, "passed": passed}
+    """Paired figures of uint8 images against the reference, with the export's tolerance and verdict."""
+    from .export.onnx import compare, verdict
+
+    figures = compare(reference, images, "uint8")
+    return {**figures, **verdict(figures, "uint8", precision)}
 
 
 def run_bench(export_dir: str | Path, options: BenchOptions | None = None, out: str | Path | None = None,

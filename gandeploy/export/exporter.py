@@ -124,24 +124,13 @@ def _check_onnx(path: Path, config: dict, references: dict, output: str, precisi
         per_batch[b] = ox.compare(expected, got, output)
     figures = {**ox.merge(list(per_batch.values())), "per_batch": {str(b): f for b, f in per_batch.items()},
                "provider": "CPUExecutionProvider", "reference": "torch fp32 (cpu)"}
-    figures.update(_verdict(figures, output, precision))
+    figures.update(ox.verdict(figures, output, precision))
     if precision == "fp16":
         figures["note"] = CPU_FP16_NOTE
     if not figures["passed"]:
         raise CheckFailed(f"{path.name} does not match PyTorch: {_figures_line(figures, output)} "
                           f"(needs {figures['tolerance']})")
     return figures
-
-
-def _verdict(figures: dict, output: str, precision: str) -> dict:
-    """The stated tolerances: FP32 within 1e-4 (float) or one level (uint8); FP16 at least 40 dB PSNR."""
-    if precision == "fp16":
-        psnr = figures["psnr_db"]
-        return {"tolerance": f"psnr_db >= {ox.FP16_MIN_PSNR_DB}", "passed": psnr is None or psnr >= ox.FP16_MIN_PSNR_DB}
-    if output == "uint8":
-        return {"tolerance": f"max_abs_err <= {ox.UINT8_TOLERANCE} level",
-                "passed": figures["max_abs_err"] <= ox.UINT8_TOLERANCE}
-    return {"tolerance": f"max_abs_err <= {ox.FLOAT_TOLERANCE}", "passed": figures["max_abs_err"] <= ox.FLOAT_TOLERANCE}
 
 
 def _figures_line(f: dict, output: str) -> str:
@@ -223,7 +212,7 @@ def add_engine(folder: str | Path, options: ExportOptions | None = None, log=pri
         per_batch[n] = ox.compare(expected, got, manifest["output"]["kind"])
     figures = {**ox.merge(list(per_batch.values())), "reference": "onnxruntime fp32 (cpu)",
                "per_batch": {str(k): v for k, v in per_batch.items()}}
-    figures.update(_verdict(figures, manifest["output"]["kind"], precision))
+    figures.update(ox.verdict(figures, manifest["output"]["kind"], precision))
     if not figures["passed"]:
         (folder / meta["file"]).unlink(missing_ok=True)
         raise CheckFailed(f"{meta['file']} does not match ONNX Runtime: "

@@ -180,3 +180,14 @@ def merge(figures: list[dict]) -> dict:
             "mean_abs_err": float(np.mean([f["mean_abs_err"] for f in figures])),
             "uint8_differing": max(f["uint8_differing"] for f in figures),
             "psnr_db": min((f["psnr_db"] for f in figures if f["psnr_db"] is not None), default=None)}
+
+
+def verdict(figures: dict, output: str, precision: str) -> dict:
+    """The stated tolerances: FP32 within 1e-4 (float) or one level (uint8); FP16 at least 40 dB PSNR."""
+    if precision == "fp16":
+        psnr = figures["psnr_db"]
+        return {"tolerance": f"psnr_db >= {FP16_MIN_PSNR_DB}", "passed": psnr is None or psnr >= FP16_MIN_PSNR_DB}
+    if output == "uint8":
+        return {"tolerance": f"max_abs_err <= {UINT8_TOLERANCE} level",
+                "passed": figures["max_abs_err"] <= UINT8_TOLERANCE}
+    return {"tolerance": f"max_abs_err <= {FLOAT_TOLERANCE}", "passed": figures["max_abs_err"] <= FLOAT_TOLERANCE}
