@@ -90,9 +90,9 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_sampler(sampler, batch: int, options: BenchOptions, labels=None) -> dict:
+def time_sampler(sampler, batch: int, options: BenchOptions, classes: int | None = None) -> dict:
     """images/s (median over windows) and per-call latency percentiles of sampler.sample(batch)."""
-    args = {} if labels is None else {"labels": np.arange(batch) % labels}
+    args = {} if classes is None else {"labels": np.arange(batch) % classes}
     for _ in range(3):  # warm-up: first calls allocate, compile and tune
         sampler.sample(batch, 0, **args)
     rates, latencies = [], []

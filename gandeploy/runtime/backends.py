@@ -127,8 +127,6 @@ class TensorRTBackend:
         reason = trt_export.availability()
         if reason is not None:
             raise BackendUnavailable(reason)
-        import tensorrt as trt
-
         self.engine = trt_export.load_engine(engine_path)  # EngineMismatch when built for another GPU/version
         self.kinds = (manifest["output"]["kind"],)
         self.min_batch, self.max_batch = manifest["batch"]["min"], manifest["batch"]["max"]
@@ -144,7 +142,6 @@ class TensorRTBackend:
             out = torch.empty((self.max_batch, *self.out_shape), dtype=self.out_dtype, device=self.device)
             host = torch.empty(out.shape, dtype=self.out_dtype, pin_memory=True)
             self.pool.put((context, torch.cuda.Stream(self.device), z, label, out, host))
-        self._trt = trt
 
     def run(self, z: np.ndarray, labels: np.ndarray | None, kind: str) -> np.ndarray:
         b = len(z)
