@@ -19,6 +19,7 @@ import numpy as np
 
 _MASK64 = (1 << 64) - 1
 _local = threading.local()  # one Philox per thread, re-keyed per call: 3 us instead of 9 us for a new one
+_EMPTY_BUFFER = np.zeros(4, np.uint64)  # read (copied) by the state setter, never written
 
 
 def latents(seed: int, n: int, dim: int, start: int = 0) -> np.ndarray:
@@ -30,7 +31,7 @@ def latents(seed: int, n: int, dim: int, start: int = 0) -> np.ndarray:
     bitgen = getattr(_local, "bitgen", None)
     if bitgen is None:
         bitgen = _local.bitgen = np.random.Philox(key=0)
-    bitgen.state = {"bit_generator": "Philox", "buffer": np.zeros(4, np.uint64), "buffer_pos": 4,
+    bitgen.state = {"bit_generator": "Philox", "buffer": _EMPTY_BUFFER, "buffer_pos": 4,
                     "has_uint32": 0, "uinteger": 0,
                     "state": {"counter": np.array([counter & _MASK64, counter >> 64, 0, 0], np.uint64),
                               "key": np.array([int(seed), 0], np.uint64)}}

@@ -114,8 +114,11 @@ class Sampler:
 
     def latents(self, n: int, seed: int) -> np.ndarray:
         """float32 (n, latent_dim): the latents image 0..n-1 of `seed` are made from."""
-        n, seed = self._check_n(n), _check_seed(seed)
-        return draw_latents(seed, n, self.config["latent_dim"])
+        n = self._check_n(n)
+        try:
+            return draw_latents(seed, n, self.config["latent_dim"])  # checks the seed
+        except ValueError as e:
+            raise SamplerError(str(e)) from None
 
     def sample(self, n: int, seed: int, labels=None) -> np.ndarray:
         """uint8 (n, h, w, c): images 0..n-1 of `seed` (labels: one int or n ints, for conditional models)."""
@@ -220,12 +223,6 @@ class Sampler:
             bad = array[(array < 0) | (array >= classes)][0]
             raise SamplerError(f"label {bad} is out of range; this generator has classes 0..{classes - 1}")
         return array.astype(np.int64)
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        raise SamplerError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return int(seed)
 
 
 def _read_manifest(path: Path) -> dict | None:
