@@ -11,6 +11,8 @@ import typer
 
 from .errors import CheckFailed, TrainingDiverged, UserError
 
+TRITON_REPO = "exports/triton"
+
 app = typer.Typer(help="Train GAN generators, export them, and sample them in production.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -128,6 +130,8 @@ def export(
     output: str = typer.Option(
         "uint8", "--output", help="uint8: images (n, h, w, c) from the graph; float: raw (n, c, h, w)."),
     out: Optional[str] = typer.Option(None, "--out", help="Export folder (default: exports/<run name>)."),
+    triton: bool = typer.Option(
+        False, "--triton", help=f"Also write a Triton model repository under {TRITON_REPO}/ (see gandeploy triton)."),
 ):
     """Export a trained generator to ONNX (FP32 + FP16) and TensorRT, checking every file against PyTorch."""
     from .export import ExportOptions
@@ -137,7 +141,44 @@ def export(
     with _errors():
         options = ExportOptions(onnx=onnx or not trt, trt=trt, fp16=fp16, opset=opset, min_batch=min_batch,
                                 opt_batch=opt_batch, max_batch=max_batch, output=output)
-        run_export(source if source is not None else latest_run(), out, options, log=typer.echo)
+        folder = run_export(source if source is not None else latest_run(), out, options, log=typer.echo)
+        if triton:
+            from .export.triton import write_repository
+
+            write_repository(folder, TRITON_REPO, log=typer.echo)
+
+
+@app.command()
+def triton(
+    export_dir: Optional[str] = typer.Argument(
+        None, help="An export folder (default: the latest under exports/); with --check, a Triton model folder."),
+    out: str = typer.Option(TRITON_REPO, "--out", help="Model repository to write <name>/ into."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in Triton (default: the export's)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16: which ONNX (or engines) to serve."),
+    instances: int = typer.Option(1, "--instances", help="Model instances per device (instance_group count)."),
+    kind: str = typer.Option("gpu", "--kind", help="gpu or cpu instances."),
+    max_queue_delay_us: int = typer.Option(
+        100, "--max-queue-delay-us", help="How long Triton's dynamic batcher waits for company, in microseconds."),
+    trt_accelerator: bool = typer.Option(
+        False, "--trt-accelerator", help="Run the ONNX model through ONNX Runtime's TensorRT provider (GPU only)."),
+    check: bool = typer.Option(False, "--check", help="Only check an existing model folder (config.pbtxt + 1/)."),
+):
+    """Write a Triton Inference Server model repository (config.pbtxt + 1/model.onnx or plans), checked against
+    Triton's own config schema and the ONNX graph."""
+    from .export.triton import check_model, write_repository
+    from .train import latest_export
+
+    with _errors():
+        if check:
+            if export_dir is None:
+                raise UserError("--check: pass the model folder to check, e.g. exports/triton/dcgan_mnist")
+            config = check_model(export_dir)
+            typer.echo(f"{export_dir}: config.pbtxt parses with Triton's schema and matches its model "
+                       f"({config.platform}, max_batch_size {config.max_batch_size})")
+            return
+        write_repository(export_dir if export_dir is not None else latest_export(), out, name=name,
+                         precision=precision, instances=instances, kind=kind, max_queue_delay_us=max_queue_delay_us,
+                         tensorrt_accelerator=trt_accelerator, log=typer.echo)
 
 
 @app.command()
@@ -193,6 +234,44 @@ def bench(
         options = BenchOptions(backends=names, batch_sizes=sizes, fid_samples=fid_samples, real=real, quick=quick,
                                device=device)
         run_bench(export_dir if export_dir is not None else latest_export(), options, out, log=typer.echo)
+
+
+@app.command()
+def serve(
+    export_dir: Optional[str] = typer.Argument(None, help="An export folder (default: the latest under exports/)."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch, onnxruntime or tensorrt."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (the FP16 ONNX or engine)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free port, printed at start)."),
+    max_batch: Optional[int] = typer.Option(
+        None, "--max-batch", min=1, help="Images per backend call (default: the export's largest batch)."),
+    max_delay_ms: float = typer.Option(
+        0.0, "--max-delay-ms", min=0.0,
+        help="Wait up to this long for more requests before a batch (0: run what waits as soon as the backend is "
+             "free, as Triton does)."),
+    max_queue: int = typer.Option(4096, "--max-queue", min=1, help="Images that may wait; more get 503."),
+    max_images_per_request: Optional[int] = typer.Option(
+        None, "--max-images-per-request", min=1,
+        help="Largest n one request may ask for; more get 422 (default: 1024, or --max-queue if smaller)."),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", min=0.001, help="A request waiting longer gets 504."),
+    batching: bool = typer.Option(
+        True, "--batching/--no-batching", help="Coalesce requests into backend batches (off: one call each)."),
+):
+    """Serve an export over HTTP: POST /v1/generate, GET /v1/generate?n=&seed=, /healthz, /readyz, /metrics."""
+    from .train import latest_export
+
+    with _errors():
+        try:
+            from .serve import ServeOptions
+            from .serve import serve as run_server
+        except ImportError as e:
+            raise UserError(f"gandeploy serve needs the serve extra ({e}); pip install 'gandeploy[serve]'") from None
+        options = ServeOptions(backend=backend, device=device, precision=precision, max_batch=max_batch,
+                               max_delay_ms=max_delay_ms, max_queue=max_queue,
+                               max_images_per_request=max_images_per_request, timeout_s=timeout_s,
+                               batching=batching, host=host, port=port)
+        run_server(export_dir if export_dir is not None else latest_export(), options, log=typer.echo)
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:

@@ -54,3 +54,17 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_conditional_run(tmp_path_factory) -> Path:
     return _train_tiny(tmp_path_factory, "cdcgan_mnist.yaml", "tiny_cond")
+
+
+@pytest.fixture(scope="session")
+def exports(tiny_run, tiny_conditional_run, tmp_path_factory):
+    """Exports of the tiny runs (uint8 and float output, and the conditional model), shared by runtime tests."""
+    from gandeploy.export import ExportOptions, export
+
+    root = tmp_path_factory.mktemp("exports")
+    quiet = lambda _: None  # noqa: E731
+    return {
+        "uint8": export(tiny_run, root / "uint8", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
+        "float": export(tiny_run, root / "float", ExportOptions(output="float", max_batch=64, opt_batch=16), log=quiet),
+        "cond": export(tiny_conditional_run, root / "cond", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
+    }

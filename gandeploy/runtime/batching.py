@@ -27,9 +27,11 @@ class _Request:
 
 
 class BatchingFront:
-    def __init__(self, run, max_batch: int, max_delay: float, max_queue: int):
-        """`run(z, labels) -> images` computes one batch of at most max_batch images; max_queue counts images."""
+    def __init__(self, run, max_batch: int, max_delay: float, max_queue: int, on_batch=None):
+        """`run(z, labels) -> images` computes one batch of at most max_batch images; max_queue counts images;
+        `on_batch(images, requests)`, if given, hears the size of every batch run (for metrics)."""
         self.run, self.max_batch, self.max_delay, self.max_queue = run, max_batch, max_delay, max_queue
+        self.on_batch = on_batch
         self.pending: deque[_Request] = deque()
         self.queued = 0  # images waiting
         self.cond = threading.Condition()
@@ -81,6 +83,8 @@ class BatchingFront:
             try:
                 z = np.concatenate([r.z for r in live]) if len(live) > 1 else live[0].z
                 labels = None if live[0].labels is None else np.concatenate([r.labels for r in live])
+                if self.on_batch is not None:
+                    self.on_batch(len(z), len(live))
                 images = self.run(z, labels)
             except BaseException as e:  # every caller hears about it; the thread lives on
                 for r in live:

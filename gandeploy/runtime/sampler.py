@@ -40,7 +40,8 @@ class Sampler:
 
     def __init__(self, path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "fp32",
                  max_batch: int | None = None, max_images: int = MAX_IMAGES, max_delay_ms: float = 0.0,
-                 max_queue: int = 4096, threads: int = 0, compile: bool = False, micro_batch: int | None = None):
+                 max_queue: int = 4096, threads: int = 0, compile: bool = False, micro_batch: int | None = None,
+                 on_batch=None):
         if backend not in ("auto", *BACKENDS):
             raise SamplerError(f"backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
         if precision not in ("fp32", "fp16"):
@@ -57,7 +58,7 @@ class Sampler:
             raise SamplerError(f"max_batch {self.max_batch} must be between 1 and {limit} for this backend")
         self.max_images = max_images
         self.output_kind = "uint8" if "uint8" in self.backend.kinds else "float"
-        self._front_args = (max_delay_ms / 1000.0, max_queue)
+        self._front_args = (max_delay_ms / 1000.0, max_queue, on_batch)
         self._front: BatchingFront | None = None
         self.info = {"path": str(self.path), "backend": self.backend.name, "device": device,
                      "precision": precision, "max_batch": self.max_batch, "why": why,
@@ -123,7 +124,7 @@ class Sampler:
     def sample(self, n: int, seed: int, labels=None) -> np.ndarray:
         """uint8 (n, h, w, c): images 0..n-1 of `seed` (labels: one int or n ints, for conditional models)."""
         z = self.latents(n, seed)
-        return self._run(z, self._check_labels(labels, len(z)), "uint8")
+        return self._run(z, self.check_labels(labels, len(z)), "uint8")
 
     def generate(self, z, labels=None) -> np.ndarray:
         """float32 (n, c, h, w) in the generator's value range, from your own latents z (n, latent_dim)."""
@@ -131,7 +132,7 @@ class Sampler:
         if "float" not in self.backend.kinds:
             raise SamplerError(f"{self.path} was exported with uint8 output, which has no float images; re-export "
                                f"with `gandeploy export --output float`, or use backend='torch'")
-        return self._run(z, self._check_labels(labels, len(z)), "float")
+        return self._run(z, self.check_labels(labels, len(z)), "float")
 
     def interpolate(self, seed_a: int, seed_b: int, steps: int, labels=None) -> np.ndarray:
         """uint8 (steps, h, w, c) along the great circle from image 0 of seed_a to image 0 of seed_b (slerp, as
@@ -144,18 +145,24 @@ class Sampler:
             z = (1 - t) * a + t * b
         else:
             z = (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
-        return self._run(z.astype(np.float32), self._check_labels(labels, steps), "uint8")
+        return self._run(z.astype(np.float32), self.check_labels(labels, steps), "uint8")
 
     def submit(self, n: int, seed: int, labels=None) -> Future:
         """Like sample, through the batching front: returns a Future at once; raises Overloaded when the queue is
         full. Requests from all threads are coalesced up to max_batch images: whatever waits when the backend
         becomes free (Triton's default), or, with max_delay_ms > 0, what arrives within that delay."""
         z = self.latents(n, seed)
-        labels = self._check_labels(labels, len(z))
+        labels = self.check_labels(labels, len(z))
         if self._front is None:
-            delay, queue = self._front_args
-            self._front = BatchingFront(lambda zz, ll: self._run(zz, ll, "uint8"), self.max_batch, delay, queue)
+            delay, queue, on_batch = self._front_args
+            self._front = BatchingFront(lambda zz, ll: self._run(zz, ll, "uint8"), self.max_batch, delay, queue,
+                                        on_batch)
         return self._front.submit(z, labels)
+
+    @property
+    def queued(self) -> int:
+        """Images waiting in the batching front's queue (not counting the batch being computed)."""
+        return self._front.queued if self._front is not None else 0
 
     async def asample(self, n: int, seed: int, labels=None) -> np.ndarray:
         """The asyncio form of submit."""
@@ -203,7 +210,8 @@ class Sampler:
         self._check_n(len(z))
         return np.ascontiguousarray(z)
 
-    def _check_labels(self, labels, n: int) -> np.ndarray | None:
+    def check_labels(self, labels, n: int) -> np.ndarray | None:
+        """labels as the backends take them (int64 (n,), or None); SamplerError naming the problem otherwise."""
         classes = self.config["num_classes"]
         if not classes:
             if labels is not None:

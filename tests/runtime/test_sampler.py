@@ -10,23 +10,11 @@ import torch
 
 from gandeploy import Overloaded, Sampler, SamplerError
 from gandeploy.artifacts import load_generator
-from gandeploy.export import ExportOptions, export
 from gandeploy.images import to_uint8
 from gandeploy.latents import latents
 from gandeploy.runtime import BackendUnavailable
 
 BACKENDS = ["torch", "onnxruntime", "tensorrt"]
-
-
-@pytest.fixture(scope="module")
-def exports(tiny_run, tiny_conditional_run, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sampler-exports")
-    quiet = lambda _: None  # noqa: E731
-    return {
-        "uint8": export(tiny_run, root / "uint8", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
-        "float": export(tiny_run, root / "float", ExportOptions(output="float", max_batch=64, opt_batch=16), log=quiet),
-        "cond": export(tiny_conditional_run, root / "cond", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
-    }
 
 
 def open_sampler(path, backend, **kwargs) -> Sampler:

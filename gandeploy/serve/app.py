@@ -1,0 +1,298 @@
+"""The HTTP API over one Sampler. Every generate request, from every connection, goes through the Sampler's
+batching front (or, with batching off, runs as its own backend call), so the answer to (n, seed, labels) is the
+same bytes whatever else is in flight.
+
+Starlette rather than FastAPI: six routes whose inputs the Sampler already validates do not need pydantic, and one
+dependency less is one less thing to break in a production image; uvicorn with httptools and uvloop underneath.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..runtime import Overloaded, Sampler, SamplerError
+from .metrics import Metrics
+
+log = logging.getLogger("gandeploy.serve")
+
+FIELDS = ("n", "seed", "labels", "format", "scale")
+MEDIA = {"png": "image/png", "npy": "application/x-npy", "json": "application/json"}
+RETRY_AFTER_S = 1
+
+
+@dataclass
+class ServeOptions:
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    max_batch: int | None = None  # images per backend batch; default: the export's largest batch
+    max_delay_ms: float = 0.0  # 0: run whatever waits as soon as the backend is free (Triton's default)
+    max_queue: int = 4096  # images waiting; beyond: 503 with Retry-After
+    max_images_per_request: int | None = None  # default: 1024, or max_queue if smaller
+    timeout_s: float = 30.0  # a request waiting longer gets 504
+    batching: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class Problem(Exception):
+    """An HTTP error answer: one line naming the problem (and the field, for bad input) and the fix."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field, self.retry_after = status, message, field, retry_after
+
+    def response(self) -> Response:
+        body = {"error": self.message} if self.field is None else {"error": self.message, "field": self.field}
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+@dataclass
+class Ask:
+    n: int
+    seed: int
+    labels: np.ndarray | None
+    format: str
+    scale: int
+
+
+class Service:
+    def __init__(self, export_dir: str | Path, options: ServeOptions):
+        if options.max_images_per_request is None:
+            options = replace(options, max_images_per_request=min(1024, options.max_queue))
+        if options.max_images_per_request > options.max_queue:
+            raise SamplerError(f"--max-images-per-request {options.max_images_per_request} is above --max-queue "
+                               f"{options.max_queue}: such a request could never be queued; lower one or raise the "
+                               f"other")
+        self.options = options
+        self.ready, self.failed, self.unbatched = False, None, 0
+        self.sampler = Sampler(export_dir, backend=options.backend, device=options.device,
+                               precision=options.precision, max_batch=options.max_batch,
+                               max_images=options.max_images_per_request, max_delay_ms=options.max_delay_ms,
+                               max_queue=options.max_queue, on_batch=lambda *sizes: self.metrics.observe_batch(*sizes))
+        self.metrics = Metrics(self.sampler.max_batch, lambda: self.queued, lambda: self.ready)
+        # encoding PNGs, and whole requests when batching is off, run here instead of on the event loop
+        self.pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="gandeploy-serve")
+
+    @property
+    def queued(self) -> int:
+        return self.sampler.queued if self.options.batching else self.unbatched
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """One batch at the largest size and one request through the front: first-call costs are paid here."""
+        try:
+            n = min(self.sampler.max_batch, self.options.max_images_per_request)
+            self.sampler.sample(n, seed=0, labels=self._zero_labels())
+            if self.options.batching:
+                self.sampler.submit(1, 0, self._zero_labels()).result()
+            self.ready = True
+        except Exception as e:  # the service stays up to say why on /readyz
+            self.failed = f"warm-up failed: {type(e).__name__}: {e}"
+            log.error(self.failed)
+
+    def _zero_labels(self):
+        return 0 if self.sampler.config["num_classes"] else None
+
+    def close(self) -> None:
+        self.ready = False
+        self.sampler.close()
+        self.pool.shutdown(wait=True)
+
+    # ---- requests -----------------------------------------------------------------------------------------------
+
+    def parse(self, params: dict) -> Ask:
+        unknown = sorted(set(params) - set(FIELDS))
+        if unknown:
+            raise Problem(422, f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}", unknown[0])
+        n, seed, scale = _integer(params, "n", 1), _integer(params, "seed", 0), _integer(params, "scale", 1)
+        limit = self.options.max_images_per_request
+        if not 1 <= n <= limit:
+            raise Problem(422, f"n={n} is outside 1..{limit}, this server's limit per request; split the request "
+                               f"or start the server with a higher --max-images-per-request", "n")
+        if not 0 <= seed < 2**64:
+            raise Problem(422, f"seed={seed} is outside 0..2**64-1", "seed")
+        if not 1 <= scale <= 16:
+            raise Problem(422, f"scale={scale} is outside 1..16 (pixels per image pixel in PNGs)", "scale")
+        fmt = params.get("format", "png")
+        if fmt not in MEDIA:
+            raise Problem(422, f"format {fmt!r} is not one of {', '.join(MEDIA)}", "format")
+        try:
+            labels = self.sampler.check_labels(params.get("labels"), n)
+        except SamplerError as e:
+            raise Problem(422, str(e), "labels") from None
+        return Ask(n, seed, labels, fmt, scale)
+
+    async def images(self, ask: Ask) -> np.ndarray:
+        if not self.ready:
+            raise Problem(503, self.failed or "the model is warming up; retry in a second", retry_after=RETRY_AFTER_S)
+        if self.options.batching:
+            try:
+                future = self.sampler.submit(ask.n, ask.seed, ask.labels)
+            except Overloaded as e:
+                raise Problem(503, str(e), retry_after=RETRY_AFTER_S) from None
+        else:
+            if self.unbatched + ask.n > self.options.max_queue:
+                raise Problem(503, f"queue full ({self.unbatched} images in flight, limit {self.options.max_queue}); "
+                                   f"retry later or raise --max-queue", retry_after=RETRY_AFTER_S)
+            self.unbatched += ask.n
+            future = self.pool.submit(self._unbatched, ask)
+        try:
+            # on timeout the wrapper is cancelled, which cancels the request too if no batch has taken it yet
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.options.timeout_s)
+        except asyncio.TimeoutError:
+            raise Problem(504, f"no images within {self.options.timeout_s:g} s (a long queue or a stalled backend); "
+                               f"retry, or start the server with a higher --timeout-s") from None
+        finally:
+            if not self.options.batching:
+                self.unbatched -= ask.n
+
+    def _unbatched(self, ask: Ask) -> np.ndarray:
+        self.metrics.observe_batch(ask.n, 1)
+        return self.sampler.sample(ask.n, ask.seed, ask.labels)
+
+    async def encode(self, images: np.ndarray, ask: Ask) -> Response:
+        headers = {"X-Gandeploy-Seed": str(ask.seed), "X-Gandeploy-Images": str(ask.n)}
+        if ask.format == "npy":  # a memory copy: cheaper on the event loop than a hop to a thread
+            body = io.BytesIO()
+            np.save(body, images, allow_pickle=False)
+            return Response(body.getvalue(), media_type=MEDIA["npy"], headers=headers)
+        loop = asyncio.get_running_loop()
+        if ask.format == "png":
+            body = await loop.run_in_executor(self.pool, _png, images, ask.scale, True)
+            return Response(body, media_type=MEDIA["png"], headers=headers)
+        pngs = await loop.run_in_executor(self.pool, lambda: [_png(x[None], ask.scale, False) for x in images])
+        return JSONResponse({"n": ask.n, "seed": ask.seed, "shape": list(images.shape[1:]),
+                             "images": [base64.b64encode(p).decode("ascii") for p in pngs]}, headers=headers)
+
+    def model(self) -> dict:
+        """The manifest's public part (no local paths) and how this server runs it."""
+        m = self.sampler.manifest or {}
+        public = {k: m[k] for k in ("name", "created", "generator", "inputs", "output", "batch", "opset") if k in m}
+        public["parity"] = {k: v.get("passed") for k, v in m.get("parity", {}).items() if isinstance(v, dict)}
+        public["engines"] = [{k: e[k] for k in ("file", "precision", "gpu", "compute_capability",
+                                                 "tensorrt_version") if k in e} for e in m.get("engines", [])]
+        info = self.sampler.info
+        public["serving"] = {**{k: info[k] for k in ("backend", "device", "precision", "max_batch", "provider")},
+                             **{k: v for k, v in asdict(self.options).items() if k not in ("host", "port", "backend",
+                                                                                          "device", "precision",
+                                                                                          "max_batch")}}
+        return public
+
+
+def _integer(params: dict, field: str, default: int) -> int:
+    value = params.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Problem(422, f"{field}: {value!r} is not an integer", field)
+    return value
+
+
+def _png(images: np.ndarray, scale: int, as_grid: bool) -> bytes:
+    from PIL import Image
+
+    from ..images import grid
+
+    picture = grid(images) if as_grid else images[0]
+    img = Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+async def _params(request: Request) -> dict:
+    if request.method == "GET":
+        params = dict(request.query_params)
+        for field in ("n", "seed", "scale"):  # query values are text: integers become ints, the rest is refused later
+            if re.fullmatch(r"-?[0-9]+", params.get(field, "x")):
+                params[field] = int(params[field])
+        if "labels" in params:
+            try:
+                labels = [int(v) for v in params["labels"].split(",")]
+            except ValueError:
+                raise Problem(422, f"labels: {params['labels']!r} is not an integer or a comma list of them",
+                              "labels") from None
+            params["labels"] = labels[0] if len(labels) == 1 else labels
+        return params
+    try:
+        params = await request.json()
+    except ValueError:
+        raise Problem(422, "the body is not JSON; send e.g. {\"n\": 4, \"seed\": 7, \"format\": \"png\"}",
+                      "body") from None
+    if not isinstance(params, dict):
+        raise Problem(422, f"the body must be a JSON object, got {type(params).__name__}", "body")
+    return params
+
+
+def create_app(export_dir: str | Path, options: ServeOptions | None = None) -> Starlette:
+    """Load the export (bad input fails here, before anything listens) and build the ASGI app."""
+    service = Service(export_dir, options or ServeOptions())
+    metrics = service.metrics
+
+    async def generate(request: Request) -> Response:
+        start = time.perf_counter()
+        metrics.in_flight.inc()
+        try:
+            ask = service.parse(await _params(request))
+            response = await service.encode(await service.images(ask), ask)
+            metrics.images.inc(ask.n)
+        except Problem as p:
+            response = p.response()
+        except Exception as e:  # one line to the client, the traceback to the log; the service lives on
+            log.exception("generate failed")
+            response = Problem(500, f"generation failed: {type(e).__name__}: {e}").response()
+        finally:
+            metrics.in_flight.dec()
+        metrics.observe("generate", response.status_code, time.perf_counter() - start)
+        return response
+
+    def endpoint(name: str, answer):
+        async def handler(request: Request) -> Response:
+            start = time.perf_counter()
+            response = answer()
+            metrics.observe(name, response.status_code, time.perf_counter() - start)
+            return response
+        return handler
+
+    def readyz() -> Response:
+        if service.ready:
+            return JSONResponse({"status": "ready", "backend": service.sampler.info["backend"]})
+        return JSONResponse({"status": service.failed or "warming up"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        threading.Thread(target=service.warm_up, name="gandeploy-warm-up", daemon=True).start()
+        yield
+        service.close()
+
+    routes = [
+        Route("/v1/generate", generate, methods=["GET", "POST"]),
+        Route("/v1/model", endpoint("model", lambda: JSONResponse(service.model()))),
+        Route("/healthz", endpoint("healthz", lambda: JSONResponse({"status": "alive"}))),
+        Route("/readyz", endpoint("readyz", readyz)),
+        Route("/metrics", lambda request: Response(metrics.text(), media_type=metrics.content_type)),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
+    return app

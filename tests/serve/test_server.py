@@ -1,0 +1,241 @@
+"""`gandeploy serve` as a real process on loopback, spoken to over HTTP: endpoints, formats, determinism under
+concurrency, bad input, overload, timeouts, metrics and graceful shutdown."""
+
+import base64
+import http.client
+import io
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gandeploy import Sampler
+
+from conftest import ROOT, cli
+
+pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'gandeploy[serve]'")
+
+
+class Server:
+    """`python -m gandeploy serve ... --port 0` in a subprocess; waits until /readyz says ready."""
+
+    def __init__(self, export_dir, *options: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "gandeploy", "serve", str(export_dir), "--port", "0",
+                                      *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     cwd=ROOT)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.url = self._wait(lambda: next((m.group(0) for line in self.lines
+                                            if (m := re.search(r"listening on (http://\S+)", line))), None))
+        self.url = self.url.removeprefix("listening on ")
+        self.address = urlsplit(self.url)
+        self._wait(lambda: self.get("/readyz")[0] == 200 or None)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def _wait(self, probe, seconds=60):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {''.join(self.lines)}")
+            found = probe()
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"server not up after {seconds} s: {''.join(self.lines)}")
+
+    def request(self, method, path, body=None):
+        connection = http.client.HTTPConnection(self.address.hostname, self.address.port, timeout=30)
+        data = body if body is None or isinstance(body, (bytes, str)) else json.dumps(body)
+        connection.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        response = connection.getresponse()
+        out = response.status, dict(response.getheaders()), response.read()
+        connection.close()
+        return out
+
+    def get(self, path):
+        return self.request("GET", path)
+
+    def post(self, body):
+        return self.request("POST", "/v1/generate", body)
+
+    def metric(self, name, **labels) -> float:
+        text = self.get("/metrics")[2].decode()
+        selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        pattern = rf"^{re.escape(name)}{re.escape('{' + selector + '}') if labels else ''} (\S+)$"
+        found = re.search(pattern, text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(exports):
+    s = Server(exports["uint8"])
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def direct(exports):
+    with Sampler(exports["uint8"], backend="onnxruntime") as sampler:
+        yield sampler
+
+
+def npy(body: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(body), allow_pickle=False)
+
+
+def test_health_ready_and_model(server):
+    assert server.get("/healthz")[:1] == (200,)
+    status, _, body = server.get("/readyz")
+    assert status == 200 and json.loads(body)["status"] == "ready"
+    status, _, body = server.get("/v1/model")
+    model = json.loads(body)
+    assert status == 200 and model["name"] == "dcgan_mnist" and model["output"]["shape"] == ["batch", 28, 28, 1]
+    assert model["serving"]["backend"] == "onnxruntime" and model["serving"]["max_batch"] == 64
+    assert "source" not in model  # no local paths leak out
+
+
+def test_npy_png_and_json_carry_the_samplers_images(server, direct):
+    expected = direct.sample(8, seed=7)
+    status, headers, body = server.post({"n": 8, "seed": 7, "format": "npy"})
+    assert status == 200 and headers["content-type"] == "application/x-npy"
+    images = npy(body)
+    assert images.dtype == np.uint8 and images.shape == (8, 28, 28, 1)
+    np.testing.assert_array_equal(images, expected)
+
+    status, _, body = server.post({"n": 8, "seed": 7, "format": "json"})
+    decoded = json.loads(body)
+    assert status == 200 and decoded["shape"] == [28, 28, 1] and len(decoded["images"]) == 8
+    first = np.asarray(Image.open(io.BytesIO(base64.b64decode(decoded["images"][0]))))
+    np.testing.assert_array_equal(first, expected[0, ..., 0])
+
+    status, headers, body = server.get("/v1/generate?n=16&seed=7&scale=2")
+    assert status == 200 and headers["content-type"] == "image/png"
+    grid = np.asarray(Image.open(io.BytesIO(body)))
+    assert grid.shape == (2 * (4 * 30 + 2),) * 2  # 4 x 4 images of 28 px, 2 px apart, doubled
+    np.testing.assert_array_equal(grid[4:60:2, 4:60:2], expected[0, ..., 0])  # top-left image, unscaled
+
+
+def test_same_seed_same_bytes_whatever_is_in_flight(server):
+    asks = [{"n": n, "seed": seed, "format": "npy"} for seed in (1, 2, 3) for n in (1, 5, 12)] * 4
+    alone = {(a["n"], a["seed"]): server.post(a)[2] for a in asks[:9]}
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(server.post, asks))
+    for ask, (status, _, body) in zip(asks, together):
+        assert status == 200 and body == alone[(ask["n"], ask["seed"])]
+    for seed in (1, 2, 3):  # image k of a seed does not depend on n
+        np.testing.assert_array_equal(npy(alone[(12, seed)])[:5], npy(alone[(5, seed)]))
+    assert npy(alone[(1, 1)]).tobytes() != npy(alone[(1, 2)]).tobytes()
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"n": 0}, "n"), ({"n": 1025}, "n"), ({"n": "4"}, "n"), ({"n": 2.5}, "n"), ({"n": True}, "n"),
+    ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed"), ({"format": "gif"}, "format"), ({"scale": 0}, "scale"),
+    ({"labels": [1]}, "labels"), ({"steps": 3}, "steps"), ("not json", "body"), ([1, 2], "body"),
+])
+def test_bad_input_is_422_naming_the_field(server, body, field):
+    status, _, answer = server.post(body)
+    answer = json.loads(answer)
+    assert status == 422 and answer["field"] == field
+    assert field in answer["error"] or field == "body"
+
+
+def test_bad_query_is_422_and_metrics_count_every_answer(server):
+    before_ok = server.metric("gandeploy_requests_total", endpoint="generate", status="200")
+    before_bad = server.metric("gandeploy_requests_total", endpoint="generate", status="422")
+    before_batches = server.metric("gandeploy_batch_images_count")
+    assert server.get("/v1/generate?n=abc")[0] == 422
+    assert server.get("/v1/generate?n=3&seed=4")[0] == 200
+    assert server.metric("gandeploy_requests_total", endpoint="generate", status="200") == before_ok + 1
+    assert server.metric("gandeploy_requests_total", endpoint="generate", status="422") == before_bad + 1
+    assert server.metric("gandeploy_batch_images_count") >= before_batches + 1
+    assert server.metric("gandeploy_request_duration_seconds_count", endpoint="generate") >= 2
+    assert server.metric("gandeploy_queue_images") == 0 and server.metric("gandeploy_ready") == 1
+
+
+def test_conditional_model_with_batching_off(exports):
+    server = Server(exports["cond"], "--no-batching")
+    try:
+        with Sampler(exports["cond"], backend="onnxruntime") as sampler:
+            expected = sampler.sample(4, seed=3, labels=[0, 1, 2, 3])
+        status, _, body = server.post({"n": 4, "seed": 3, "labels": [0, 1, 2, 3], "format": "npy"})
+        assert status == 200
+        np.testing.assert_array_equal(npy(body), expected)
+        assert server.get("/v1/generate?n=4&seed=3&labels=5")[0] == 200
+        for query in ("n=4&labels=10", "n=4&labels=1,2", "n=4&labels=x", "n=4"):
+            status, _, body = server.get(f"/v1/generate?{query}")
+            assert status == 422 and json.loads(body)["field"] == "labels", query
+    finally:
+        server.stop()
+
+
+def test_burst_beyond_the_queue_gets_503_at_once_then_service_recovers(exports):
+    # the first requests wait up to 1 s for company, so the queue of 16 images stays full while the burst arrives
+    server = Server(exports["uint8"], "--max-queue", "16", "--max-delay-ms", "1000")
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            started = time.monotonic()
+            futures = [pool.submit(server.post, {"n": 8, "seed": k, "format": "npy"}) for k in range(12)]
+            time.sleep(0.3)
+            assert server.get("/healthz")[0] == 200  # while two requests wait and the rest are refused
+        refused = [f.result() for f in futures if f.result()[0] == 503]
+        answers = sorted(f.result()[0] for f in futures)
+        assert answers == [200] * 2 + [503] * 10, answers
+        assert all(h["retry-after"] == "1" and b"queue full" in body for _, h, body in refused)
+        assert time.monotonic() - started < 10
+        assert server.post({"n": 8, "seed": 0, "format": "npy"})[0] == 200  # serving normally again
+        assert server.metric("gandeploy_requests_total", endpoint="generate", status="503") == 10
+    finally:
+        server.stop()
+
+
+def test_request_waiting_past_its_timeout_gets_504(exports):
+    server = Server(exports["uint8"], "--max-delay-ms", "3000", "--timeout-s", "0.3")
+    try:
+        status, _, body = server.post({"n": 1})
+        assert status == 504 and b"--timeout-s" in body
+        assert server.get("/healthz")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_cleanly(exports):
+    server = Server(exports["uint8"], "--max-delay-ms", "1500")
+    answer = {}
+    client = threading.Thread(target=lambda: answer.update(r=server.post({"n": 2, "format": "npy"})))
+    client.start()
+    time.sleep(0.5)  # the request is waiting in the batching front
+    server.proc.send_signal(signal.SIGTERM)
+    client.join(30)
+    assert server.proc.wait(30) == 0
+    assert answer["r"][0] == 200 and npy(answer["r"][2]).shape == (2, 28, 28, 1)
+    assert "stopped: 1 generate requests answered" in "".join(server.lines)
+
+
+def test_cli_refuses_bad_exports_and_taken_ports_in_one_line(exports, tmp_path):
+    code, out = cli("serve", str(tmp_path / "missing"))
+    assert code == 2 and "does not exist" in out and "Traceback" not in out
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, out = cli("serve", str(exports["uint8"]), "--port", str(taken.getsockname()[1]))
+    assert code == 2 and "pick another --port" in out
+    code, out = cli("serve", str(exports["uint8"]), "--max-queue", "8", "--max-images-per-request", "16")
+    assert code == 2 and "--max-images-per-request" in out
