@@ -245,7 +245,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free port, printed at start)."),
     max_batch: Optional[int] = typer.Option(
-        None, "--max-batch", min=1, help="Images per backend call (default: the export's largest batch)."),
+        None, "--max-batch", min=1, help="Images per backend call (default: the export's --opt-batch)."),
     max_delay_ms: float = typer.Option(
         0.0, "--max-delay-ms", min=0.0,
         help="Wait up to this long for more requests before a batch (0: run what waits as soon as the backend is "
@@ -257,6 +257,9 @@ def serve(
     timeout_s: float = typer.Option(30.0, "--timeout-s", min=0.001, help="A request waiting longer gets 504."),
     batching: bool = typer.Option(
         True, "--batching/--no-batching", help="Coalesce requests into backend batches (off: one call each)."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, max=64,
+        help="Backend calls at once (Triton's instance count); 2 can help where one call leaves cores idle."),
 ):
     """Serve an export over HTTP: POST /v1/generate, GET /v1/generate?n=&seed=, /healthz, /readyz, /metrics."""
     from .train import latest_export
@@ -270,7 +273,7 @@ def serve(
         options = ServeOptions(backend=backend, device=device, precision=precision, max_batch=max_batch,
                                max_delay_ms=max_delay_ms, max_queue=max_queue,
                                max_images_per_request=max_images_per_request, timeout_s=timeout_s,
-                               batching=batching, host=host, port=port)
+                               batching=batching, workers=workers, host=host, port=port)
         run_server(export_dir if export_dir is not None else latest_export(), options, log=typer.echo)
 
 

@@ -27,17 +27,20 @@ class _Request:
 
 
 class BatchingFront:
-    def __init__(self, run, max_batch: int, max_delay: float, max_queue: int, on_batch=None):
+    def __init__(self, run, max_batch: int, max_delay: float, max_queue: int, on_batch=None, workers: int = 1):
         """`run(z, labels) -> images` computes one batch of at most max_batch images; max_queue counts images;
-        `on_batch(images, requests)`, if given, hears the size of every batch run (for metrics)."""
+        `on_batch(images, requests)`, if given, hears the size of every batch run (for metrics); `workers` batches
+        may run at once (Triton's instance count: worth 2 where one backend call leaves cores idle)."""
         self.run, self.max_batch, self.max_delay, self.max_queue = run, max_batch, max_delay, max_queue
         self.on_batch = on_batch
         self.pending: deque[_Request] = deque()
         self.queued = 0  # images waiting
         self.cond = threading.Condition()
         self.closed = False
-        self.thread = threading.Thread(target=self._loop, name="gandeploy-batcher", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._loop, name=f"gandeploy-batcher-{k}", daemon=True)
+                        for k in range(workers)]
+        for thread in self.threads:
+            thread.start()
 
     def submit(self, z: np.ndarray, labels: np.ndarray | None) -> Future:
         request = _Request(z, labels)
@@ -99,4 +102,5 @@ class BatchingFront:
         with self.cond:
             self.closed = True
             self.cond.notify_all()
-        self.thread.join()
+        for thread in self.threads:
+            thread.join()

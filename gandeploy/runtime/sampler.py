@@ -41,7 +41,7 @@ class Sampler:
     def __init__(self, path: str | Path, backend: str = "auto", device: str = "auto", precision: str = "fp32",
                  max_batch: int | None = None, max_images: int = MAX_IMAGES, max_delay_ms: float = 0.0,
                  max_queue: int = 4096, threads: int = 0, compile: bool = False, micro_batch: int | None = None,
-                 on_batch=None):
+                 on_batch=None, workers: int = 1):
         if backend not in ("auto", *BACKENDS):
             raise SamplerError(f"backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
         if precision not in ("fp32", "fp16"):
@@ -58,7 +58,7 @@ class Sampler:
             raise SamplerError(f"max_batch {self.max_batch} must be between 1 and {limit} for this backend")
         self.max_images = max_images
         self.output_kind = "uint8" if "uint8" in self.backend.kinds else "float"
-        self._front_args = (max_delay_ms / 1000.0, max_queue, on_batch)
+        self._front_args = (max_delay_ms / 1000.0, max_queue, on_batch, workers)
         self._front: BatchingFront | None = None
         self.info = {"path": str(self.path), "backend": self.backend.name, "device": device,
                      "precision": precision, "max_batch": self.max_batch, "why": why,
@@ -154,9 +154,9 @@ class Sampler:
         z = self.latents(n, seed)
         labels = self.check_labels(labels, len(z))
         if self._front is None:
-            delay, queue, on_batch = self._front_args
+            delay, queue, on_batch, workers = self._front_args
             self._front = BatchingFront(lambda zz, ll: self._run(zz, ll, "uint8"), self.max_batch, delay, queue,
-                                        on_batch)
+                                        on_batch, workers)
         return self._front.submit(z, labels)
 
     @property

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..export.manifest import load_export
 from ..runtime import Overloaded, Sampler, SamplerError
 from .metrics import Metrics
 
@@ -42,12 +43,13 @@ class ServeOptions:
     backend: str = "auto"
     device: str = "auto"
     precision: str = "fp32"
-    max_batch: int | None = None  # images per backend batch; default: the export's largest batch
+    max_batch: int | None = None  # images per backend batch; default: the batch the export was tuned for (opt)
     max_delay_ms: float = 0.0  # 0: run whatever waits as soon as the backend is free (Triton's default)
     max_queue: int = 4096  # images waiting; beyond: 503 with Retry-After
     max_images_per_request: int | None = None  # default: 1024, or max_queue if smaller
     timeout_s: float = 30.0  # a request waiting longer gets 504
     batching: bool = True
+    workers: int = 1  # batches computed at once (Triton's instance count)
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -82,15 +84,20 @@ class Service:
             raise SamplerError(f"--max-images-per-request {options.max_images_per_request} is above --max-queue "
                                f"{options.max_queue}: such a request could never be queued; lower one or raise the "
                                f"other")
+        if options.max_batch is None and (Path(export_dir) / "manifest.json").is_file():
+            # opt, not max: on a 2-core CPU batches of 256 doubled p99 for no more images/s (bench/load_test.py)
+            options = replace(options, max_batch=load_export(export_dir)["batch"]["opt"])
         self.options = options
         self.ready, self.failed, self.unbatched = False, None, 0
         self.sampler = Sampler(export_dir, backend=options.backend, device=options.device,
                                precision=options.precision, max_batch=options.max_batch,
                                max_images=options.max_images_per_request, max_delay_ms=options.max_delay_ms,
-                               max_queue=options.max_queue, on_batch=lambda *sizes: self.metrics.observe_batch(*sizes))
+                               max_queue=options.max_queue, workers=options.workers,
+                               on_batch=lambda *sizes: self.metrics.observe_batch(*sizes))
         self.metrics = Metrics(self.sampler.max_batch, lambda: self.queued, lambda: self.ready)
-        # encoding PNGs, and whole requests when batching is off, run here instead of on the event loop
-        self.pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="gandeploy-serve")
+        # PNG encoding runs here instead of on the event loop; with batching off, requests run on `workers` threads
+        self.pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="gandeploy-png")
+        self.runners = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="gandeploy-run")
 
     @property
     def queued(self) -> int:
@@ -117,6 +124,7 @@ class Service:
         self.ready = False
         self.sampler.close()
         self.pool.shutdown(wait=True)
+        self.runners.shutdown(wait=True)
 
     # ---- requests -----------------------------------------------------------------------------------------------
 
@@ -155,7 +163,7 @@ class Service:
                 raise Problem(503, f"queue full ({self.unbatched} images in flight, limit {self.options.max_queue}); "
                                    f"retry later or raise --max-queue", retry_after=RETRY_AFTER_S)
             self.unbatched += ask.n
-            future = self.pool.submit(self._unbatched, ask)
+            future = self.runners.submit(self._unbatched, ask)
         try:
             # on timeout the wrapper is cancelled, which cancels the request too if no batch has taken it yet
             return await asyncio.wait_for(asyncio.wrap_future(future), self.options.timeout_s)

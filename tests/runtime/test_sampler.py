@@ -100,7 +100,7 @@ def test_bad_input_is_a_clear_value_error(exports, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sixteen_threads_get_the_serial_results(exports, backend):
-    with open_sampler(exports["uint8"], backend, max_delay_ms=5) as sampler:
+    with open_sampler(exports["uint8"], backend, max_delay_ms=5, workers=2) as sampler:  # two batches at once
         jobs = [(1 + k % 5, 100 + k) for k in range(48)]
         serial = {job: sampler.sample(*job) for job in jobs}
         results, errors = {}, []

@@ -108,7 +108,7 @@ def test_health_ready_and_model(server):
     status, _, body = server.get("/v1/model")
     model = json.loads(body)
     assert status == 200 and model["name"] == "dcgan_mnist" and model["output"]["shape"] == ["batch", 28, 28, 1]
-    assert model["serving"]["backend"] == "onnxruntime" and model["serving"]["max_batch"] == 64
+    assert model["serving"]["backend"] == "onnxruntime" and model["serving"]["max_batch"] == 16  # the export's opt
     assert "source" not in model  # no local paths leak out
 
 
@@ -188,7 +188,7 @@ def test_conditional_model_with_batching_off(exports):
 
 def test_burst_beyond_the_queue_gets_503_at_once_then_service_recovers(exports):
     # the first requests wait up to 1 s for company, so the queue of 16 images stays full while the burst arrives
-    server = Server(exports["uint8"], "--max-queue", "16", "--max-delay-ms", "1000")
+    server = Server(exports["uint8"], "--max-queue", "16", "--max-delay-ms", "1000", "--max-batch", "64")
     try:
         with ThreadPoolExecutor(12) as pool:
             started = time.monotonic()

@@ -1,0 +1,178 @@
+"""Load test of `gandeploy serve` on loopback: K keep-alive clients for T seconds against the server with its batching
+front on and off, side by side, and the Sampler called directly in this process (the ceiling the service can
+approach), in interleaved rounds; medians reported.
+
+    python bench/load_test.py --export exports/dcgan_mnist --clients 32 --images 8 --seconds 5 --rounds 3
+
+The clients (one asyncio process, raw HTTP/1.1) and the server share this machine's cores: on a 2-core machine
+the client's own CPU time is taken from the server's, so the figures are a floor for a server with its own cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gandeploy import Sampler  # noqa: E402
+
+_LENGTH = re.compile(rb"content-length: *([0-9]+)", re.I)
+
+
+def start_server(export: str, *options: str) -> tuple[subprocess.Popen, str, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "gandeploy", "serve", export, "--port", "0", *options],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    for line in proc.stdout:
+        found = re.search(r"listening on http://([0-9.]+):([0-9]+)", line)
+        if found:
+            host, port = found.group(1), int(found.group(2))
+            break
+    else:
+        raise SystemExit(f"the server did not start (exit {proc.wait()})")
+    asyncio.run(_wait_ready(host, port))
+    return proc, host, port
+
+
+async def _wait_ready(host: str, port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        if head[9:12] == b"200":
+            return
+        await asyncio.sleep(0.1)
+    raise SystemExit("the server did not become ready")
+
+
+async def _client(host, port, body: bytes, stop_at: float, latencies: list, statuses: Counter) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    request = (b"POST /v1/generate HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    while time.perf_counter() < stop_at:
+        start = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(_LENGTH.search(head).group(1)))
+        latencies.append(time.perf_counter() - start)
+        statuses[int(head[9:12])] += 1
+    writer.close()
+
+
+async def _load(host, port, clients: int, images: int, seconds: float) -> dict:
+    body = json.dumps({"n": images, "seed": 0, "format": "npy"}).encode()
+    latencies, statuses = [], Counter()
+    start = time.perf_counter()
+    await asyncio.gather(*(_client(host, port, body, start + seconds, latencies, statuses) for _ in range(clients)))
+    elapsed = time.perf_counter() - start
+    ok = statuses.get(200, 0)
+    lat = np.array(latencies) * 1000
+    return {"requests_per_s": ok / elapsed, "images_per_s": ok * images / elapsed,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "errors": sum(v for k, v in statuses.items() if k != 200), "statuses": dict(statuses)}
+
+
+def load(host, port, clients, images, seconds) -> dict:
+    try:
+        import uvloop
+
+        return uvloop.run(_load(host, port, clients, images, seconds))
+    except ImportError:
+        return asyncio.run(_load(host, port, clients, images, seconds))
+
+
+def direct(sampler: Sampler, images: int, seconds: float) -> float:
+    """Images/s of sampler.sample(images) called back to back in this process, fresh seeds each call."""
+    done, seed, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        sampler.sample(images, seed)
+        done, seed = done + images, seed + 1
+    return done / (time.perf_counter() - start)
+
+
+def median_of(rounds: list[dict]) -> dict:
+    out = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k != "statuses"}
+    out["errors"] = sum(r["errors"] for r in rounds)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--export", default="exports/dcgan_mnist")
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (at most 256)")
+    parser.add_argument("--images", type=int, default=8, help="images per request")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one window (at most 60)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="the servers' --workers (backend calls at once)")
+    parser.add_argument("--max-batch", type=int, default=None, help="the servers' --max-batch (default: export's)")
+    parser.add_argument("--out", default="bench/results/load_test-cpu.json")
+    a = parser.parse_args()
+    if not (1 <= a.clients <= 256 and 0 < a.seconds <= 60 and 1 <= a.rounds <= 20):
+        raise SystemExit("--clients 1..256, --seconds up to 60, --rounds 1..20: this is a bounded load test")
+
+    common = ("--backend", a.backend, "--workers", str(a.workers)) + \
+        (("--max-batch", str(a.max_batch)) if a.max_batch else ())
+    servers = {"on": start_server(a.export, *common), "off": start_server(a.export, *common, "--no-batching")}
+    sampler = Sampler(a.export, backend=a.backend)
+    runs = {"batching on": [], "batching off": [], "single image, batching on": [], "single image, batching off": []}
+    ceiling, best = [], []
+    try:
+        for r in range(a.rounds):
+            ceiling.append(direct(sampler, a.images, a.seconds))
+            best.append(direct(sampler, sampler.max_batch, a.seconds))
+            for mode in ("on", "off"):
+                _, host, port = servers[mode]
+                runs[f"batching {mode}"].append(load(host, port, a.clients, a.images, a.seconds))
+                runs[f"single image, batching {mode}"].append(load(host, port, a.clients, 1, a.seconds))
+            on, off = runs["batching on"][-1]["images_per_s"], runs["batching off"][-1]["images_per_s"]
+            print(f"round {r + 1}/{a.rounds}: ceiling {ceiling[-1]:,.0f} img/s, on {on:,.0f}, off {off:,.0f}",
+                  flush=True)
+    finally:
+        for proc, _, _ in servers.values():
+            proc.terminate()
+            proc.wait(60)
+        sampler.close()
+
+    results = {name: median_of(rounds) for name, rounds in runs.items()}
+    c = statistics.median(ceiling)
+    for name in ("batching on", "batching off"):
+        results[name]["vs_ceiling"] = results[name]["images_per_s"] / c
+    report = {
+        "command": "python bench/load_test.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, no GPU; "
+                   "clients and server share these cores",
+        "export": a.export, "backend": sampler.info["backend"], "clients": a.clients, "images_per_request": a.images,
+        "server_workers": a.workers, "server_max_batch": a.max_batch or sampler.max_batch,
+        "seconds_per_window": a.seconds, "rounds": a.rounds,
+        "ceiling_images_per_s": {"at_request_size": c, f"at_max_batch_{sampler.max_batch}": statistics.median(best)},
+        "results": results,
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nSampler direct, batch {a.images}: {c:,.0f} img/s; batch {sampler.max_batch}: "
+          f"{statistics.median(best):,.0f} img/s")
+    print(f"{'':28} {'req/s':>9} {'img/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'x ceiling':>9}")
+    for name, f in results.items():
+        ratio = f"{f['vs_ceiling']:.2f}" if "vs_ceiling" in f else ""
+        print(f"{name:28} {f['requests_per_s']:9,.0f} {f['images_per_s']:9,.0f} {f['p50_ms']:8.2f} "
+              f"{f['p99_ms']:8.2f} {f['errors']:7d} {ratio:>9}")
+    print(f"(medians of {a.rounds} rounds, {a.clients} clients; {report['machine']}) -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()
