@@ -110,6 +110,33 @@ def median_of(rounds: list[dict]) -> dict:
     return out
 
 
+def plot(report: dict, path: Path) -> None:
+    """Bars of images/s: the Sampler called directly, the service with batching on and off (p99 on each bar)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    r, k = report["results"], report["images_per_request"]
+    bars = [(f"Sampler direct\nbatch {k}", report["ceiling_images_per_s"]["at_request_size"], None),
+            ("serve\nbatching on", r["batching on"]["images_per_s"], r["batching on"]["p99_ms"]),
+            ("serve\nbatching off", r["batching off"]["images_per_s"], r["batching off"]["p99_ms"])]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=["#888888", "#1f77b4", "#ff7f0e"])
+    for i, (_, value, p99) in enumerate(bars):
+        ax.annotate(f"{value:,.0f}" + (f"\np99 {p99:.0f} ms" if p99 else ""), (i, value), ha="center", va="bottom",
+                    fontsize=8)
+    ax.set_ylabel("images/s (median of rounds)")
+    ax.set_ylim(0, max(b[1] for b in bars) * 1.25)
+    ax.set_title(f"{report['clients']} clients x {k} images (npy), {report['backend']}; "
+                 f"workers {report['server_workers']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export", default="exports/dcgan_mnist")
@@ -150,20 +177,22 @@ def main() -> None:
 
     results = {name: median_of(rounds) for name, rounds in runs.items()}
     c = statistics.median(ceiling)
-    for name in ("batching on", "batching off"):
-        results[name]["vs_ceiling"] = results[name]["images_per_s"] / c
+    for name in ("batching on", "batching off"):  # paired: each round's service figure over that round's ceiling
+        results[name]["vs_ceiling"] = statistics.median(r["images_per_s"] / x for r, x in zip(runs[name], ceiling))
     report = {
         "command": "python bench/load_test.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, no GPU; "
                    "clients and server share these cores",
         "export": a.export, "backend": sampler.info["backend"], "clients": a.clients, "images_per_request": a.images,
-        "server_workers": a.workers, "server_max_batch": a.max_batch or sampler.max_batch,
+        "server_workers": a.workers, "server_max_batch": a.max_batch or sampler.manifest["batch"]["opt"],
         "seconds_per_window": a.seconds, "rounds": a.rounds,
         "ceiling_images_per_s": {"at_request_size": c, f"at_max_batch_{sampler.max_batch}": statistics.median(best)},
+        "per_round": {"ceiling": ceiling, **{k: [r["images_per_s"] for r in v] for k, v in runs.items()}},
         "results": results,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, Path(a.out).with_suffix(".png"))
     print(f"\nSampler direct, batch {a.images}: {c:,.0f} img/s; batch {sampler.max_batch}: "
           f"{statistics.median(best):,.0f} img/s")
     print(f"{'':28} {'req/s':>9} {'img/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'x ceiling':>9}")

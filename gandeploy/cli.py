@@ -131,7 +131,7 @@ def export(
         "uint8", "--output", help="uint8: images (n, h, w, c) from the graph; float: raw (n, c, h, w)."),
     out: Optional[str] = typer.Option(None, "--out", help="Export folder (default: exports/<run name>)."),
     triton: bool = typer.Option(
-        False, "--triton", help=f"Also write a Triton model repository under {TRITON_REPO}/ (see gandeploy triton)."),
+        False, "--triton", help="Also write a Triton model repository into triton/ beside the export folder."),
 ):
     """Export a trained generator to ONNX (FP32 + FP16) and TensorRT, checking every file against PyTorch."""
     from .export import ExportOptions
@@ -145,7 +145,7 @@ def export(
         if triton:
             from .export.triton import write_repository
 
-            write_repository(folder, TRITON_REPO, log=typer.echo)
+            write_repository(folder, Path(folder).parent / "triton", log=typer.echo)
 
 
 @app.command()

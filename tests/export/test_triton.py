@@ -14,9 +14,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 from tritonclient.utils import triton_to_np_dtype
 
+from conftest import cli
+
 from gandeploy import Sampler
 from gandeploy.errors import ArtifactError, UserError
-from gandeploy.export import ExportOptions, export
 from gandeploy.export import manifest as mf
 from gandeploy.export.tensorrt import engine_filename
 from gandeploy.export.triton import check_model, write_repository
@@ -32,12 +33,8 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def exports(tiny_run, tiny_conditional_run, tmp_path_factory):
-    root = tmp_path_factory.mktemp("triton-exports")
-    small = lambda **kw: ExportOptions(max_batch=64, opt_batch=16, **kw)  # noqa: E731
-    return {"uncond": export(tiny_run, root / "uncond", small(), log=quiet),
-            "cond": export(tiny_conditional_run, root / "cond", small(), log=quiet),
-            "float": export(tiny_run, root / "float", small(output="float"), log=quiet)}
+def exports(exports):  # the session's tiny exports (conftest.py), named as here; tests copy before they change one
+    return {"uncond": exports["uint8"], "cond": exports["cond"], "float": exports["float"]}
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +281,19 @@ def test_without_tritonclient_the_fix_is_named(exports, tmp_path, repo, monkeypa
     for call in (lambda: write_repository(exports["uncond"], tmp_path, log=quiet), lambda: check_model(repo["uncond"])):
         with pytest.raises(UserError, match=r"pip install 'gandeploy\[triton\]'"):
             call()
+
+
+# ---- the command line -------------------------------------------------------------------------------------------
+
+
+def test_cli_writes_checks_and_refuses_in_one_line(exports, tiny_run, tmp_path):
+    code, out = cli("triton", str(exports["uncond"]), "--out", str(tmp_path / "repo"), "--instances", "2")
+    assert code == 0 and "wrote Triton model dcgan_mnist" in out
+    code, out = cli("triton", "--check", str(tmp_path / "repo" / "dcgan_mnist"))
+    assert code == 0 and "parses with Triton's schema" in out
+    code, out = cli("triton", "--check", str(exports["uncond"]))
+    assert code == 2 and "has no config.pbtxt" in out
+    code, out = cli("export", str(tiny_run), "--out", str(tmp_path / "exp" / "tiny"), "--max-batch", "32",
+                    "--opt-batch", "8", "--no-fp16", "--triton")
+    assert code == 0, out
+    assert check_model(tmp_path / "exp" / "triton" / "dcgan_mnist").max_batch_size == 32  # beside the export
