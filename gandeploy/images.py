@@ -30,13 +30,22 @@ def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarra
     return out
 
 
-def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
+def png(picture: np.ndarray, scale: int = 1) -> bytes:
+    """uint8 (h, w, c) -> PNG bytes, each pixel enlarged to scale x scale."""
+    import io
+
     from PIL import Image
 
-    picture = grid(images, nrow)
     img = Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
+    data = png(grid(images, nrow), scale)
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        tmp.write_bytes(data)
     return Path(path)

@@ -27,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..export.manifest import load_export
+from ..export.manifest import load_manifest
+from ..images import grid, png
 from ..runtime import Overloaded, Sampler, SamplerError
 from .metrics import Metrics
 
@@ -86,7 +87,8 @@ class Service:
                                f"other")
         if options.max_batch is None and (Path(export_dir) / "manifest.json").is_file():
             # opt, not max: on a 2-core CPU batches of 256 doubled p99 for no more images/s (bench/load_test.py)
-            options = replace(options, max_batch=load_export(export_dir)["batch"]["opt"])
+            # the plain JSON: the Sampler checks the files' hashes, once
+            options = replace(options, max_batch=load_manifest(export_dir)["batch"]["opt"])
         self.options = options
         self.ready, self.failed, self.unbatched = False, None, 0
         self.sampler = Sampler(export_dir, backend=options.backend, device=options.device,
@@ -186,9 +188,9 @@ class Service:
             return Response(body.getvalue(), media_type=MEDIA["npy"], headers=headers)
         loop = asyncio.get_running_loop()
         if ask.format == "png":
-            body = await loop.run_in_executor(self.pool, _png, images, ask.scale, True)
+            body = await loop.run_in_executor(self.pool, lambda: png(grid(images), ask.scale))
             return Response(body, media_type=MEDIA["png"], headers=headers)
-        pngs = await loop.run_in_executor(self.pool, lambda: [_png(x[None], ask.scale, False) for x in images])
+        pngs = await loop.run_in_executor(self.pool, lambda: [png(x, ask.scale) for x in images])
         return JSONResponse({"n": ask.n, "seed": ask.seed, "shape": list(images.shape[1:]),
                              "images": [base64.b64encode(p).decode("ascii") for p in pngs]}, headers=headers)
 
@@ -212,20 +214,6 @@ def _integer(params: dict, field: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise Problem(422, f"{field}: {value!r} is not an integer", field)
     return value
-
-
-def _png(images: np.ndarray, scale: int, as_grid: bool) -> bytes:
-    from PIL import Image
-
-    from ..images import grid
-
-    picture = grid(images) if as_grid else images[0]
-    img = Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    out = io.BytesIO()
-    img.save(out, format="PNG")
-    return out.getvalue()
 
 
 async def _params(request: Request) -> dict:
