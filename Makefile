@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; users with a GPU install their CUDA build of torch first, then `pip install -e .`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-serve-profile bench clean
 
 install: $(VENV)/.installed
 
@@ -23,9 +23,23 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-serve-profile
+
+# A serving image's install: only `gandeploy[serve]`, in a fresh venv. It must hold no torch, and still sample,
+# verify and serve (tests/runtime/test_without_torch.py runs those with torch blocked in the full venv).
+SERVE_VENV := .venv-serve
+test-serve-profile:
+	rm -rf $(SERVE_VENV)
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q ".[serve]"
+	$(SERVE_VENV)/bin/python -c "import importlib.util as u, sys; bad = [m for m in ('torch', 'onnx', 'yaml', 'safetensors') if u.find_spec(m)]; sys.exit(f'serve profile installed {bad}' if bad else 0)"
+	cd /tmp && $(CURDIR)/$(SERVE_VENV)/bin/python -c "from gandeploy import Sampler; from gandeploy.runtime import verify, backends; import gandeploy.serve; print('serve profile: Sampler, verify and serve import without torch')"
+	$(SERVE_VENV)/bin/gandeploy info | grep -E "^(torch|onnxruntime|backend)"
+	du -sh $(SERVE_VENV) | sed 's/^/serve profile venv: /'
+	rm -rf $(SERVE_VENV)
 
 bench: install
 	$(BIN)/python bench/train_speed.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(SERVE_VENV) *.egg-info .pytest_cache

@@ -7,11 +7,7 @@ skeleton are references into the file. Nothing here unpickles or executes anythi
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
-import shutil
 from pathlib import Path
 
 import torch
@@ -19,70 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import ArtifactError
+from .formats.files import atomic_dir, atomic_path, atomic_write_text  # noqa: F401  (re-exported)
+from .formats.generator import GENERATOR_FORMAT, generator_dir, read_config  # noqa: F401  (re-exported)
 
-GENERATOR_FORMAT = 1
 CHECKPOINT_FORMAT = "gandeploy-checkpoint/1"
-
-
-# ---- atomic writes -------------------------------------------------------------------------------------------
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _publish(file: Path) -> None:
-    """fsync, and the permissions the umask gives (safetensors writes 0600)."""
-    os.chmod(file, 0o666 & ~_UMASK)
-    with open(file, "rb") as f:
-        os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        yield tmp
-        _publish(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path):
-    """Yield a temporary folder beside `path`; on success it takes the place of `path` (old contents dropped)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    tmp.mkdir()
-    try:
-        yield tmp
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                _publish(file)
-        old = None
-        if path.exists():
-            old = path.with_name(f".old-{path.name}-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- the generator artifact ----------------------------------------------------------------------------------
@@ -97,12 +33,6 @@ def save_generator(path: str | Path, generator: torch.nn.Module, config: dict) -
     return Path(path)
 
 
-def generator_dir(path: str | Path) -> Path:
-    """Accept a run folder or a generator folder; return the generator folder."""
-    path = Path(path)
-    return path / "generator" if (path / "generator").is_dir() else path
-
-
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Build the generator a folder describes and load its weights; eval mode, on `device`."""
     from .nets import FAMILIES, build_generator
@@ -115,14 +45,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         missing = "config.json" if not cfg_file.is_file() else "model.safetensors"
         raise ArtifactError(f"{folder} is not a generator folder ({missing} is missing); train one with "
                             f"`gandeploy train` and pass runs/<name>")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{cfg_file} is not valid JSON ({e}); the run's last checkpoint can rewrite it") from None
-    version = config.get("format_version")
-    if version != GENERATOR_FORMAT:
-        raise ArtifactError(f"{cfg_file} has format_version {version!r}; this gandeploy reads "
-                            f"{GENERATOR_FORMAT}: upgrade gandeploy or re-save the generator with this version")
+    config = read_config(folder)
     if config.get("family") not in FAMILIES:
         raise ArtifactError(f"{cfg_file}: unknown family {config.get('family')!r}; valid: {', '.join(FAMILIES)}")
     try:

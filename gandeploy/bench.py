@@ -3,6 +3,8 @@ report.md and throughput.png.
 
 Speed is `Sampler.sample` end to end (seed in, uint8 images out), after a warm-up, over repeated timed windows.
 Parity is against PyTorch FP32 on the same latents (paired) and, with FID, on the same seeds (distributional).
+Where torch runs, the torch FP32 backend of this run is the paired reference of the others, and is itself judged
+against the reference outputs stored in the export; without torch every backend is judged against those.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import __version__
 from .errors import UserError
@@ -50,21 +51,34 @@ def configurations(backends) -> list[tuple[str, str]]:
     return pairs
 
 
+def _torch():
+    """torch where it is installed and can use the GPU we measure on; None otherwise (serving images)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def machine() -> dict:
+    from .runtime.device import cuda_device_count
+
     facts = {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-             "platform": platform.platform(), "gandeploy": __version__, "torch": torch.__version__,
-             "numpy": np.__version__}
-    for module in ("onnxruntime", "onnx", "tensorrt"):
+             "platform": platform.platform(), "gandeploy": __version__, "numpy": np.__version__}
+    for module in ("torch", "onnxruntime", "onnx", "tensorrt"):
         try:
             facts[module] = __import__(module).__version__
         except Exception:  # optional
             facts[module] = None
-    if torch.cuda.is_available():
-        facts["gpu"] = torch.cuda.get_device_name(0)
-        facts["cuda"] = torch.version.cuda
+    facts["gpu"] = None
+    if cuda_device_count():
+        torch = _torch()
+        if torch is not None and torch.cuda.is_available():
+            facts["gpu"] = torch.cuda.get_device_name(0)
+            facts["cuda"] = torch.version.cuda
+        else:
+            facts["gpu"] = "CUDA GPU"
         facts["driver"] = _nvidia_driver()
-    else:
-        facts["gpu"] = None
     return facts
 
 
@@ -114,10 +128,11 @@ def time_sampler(sampler, batch: int, options: BenchOptions, classes: int | None
 
 def paired(reference: np.ndarray, images: np.ndarray, precision: str) -> dict:
     """Paired figures of uint8 images against the reference, with the export's tolerance and verdict."""
-    from .export.onnx import compare, verdict
+    from .formats.parity import measure
 
-    figures = compare(reference, images, "uint8")
-    return {**figures, **verdict(figures, "uint8", precision)}
+    figures = measure([("all", reference, images)], "uint8", precision).as_dict()
+    figures.pop("per_batch")
+    return figures
 
 
 def run_bench(export_dir: str | Path, options: BenchOptions | None = None, out: str | Path | None = None,
@@ -125,7 +140,8 @@ def run_bench(export_dir: str | Path, options: BenchOptions | None = None, out: 
     """Benchmark every (backend, precision) on `export_dir`; write results.json, report.md, throughput.png."""
     from tqdm.auto import tqdm
 
-    from .export.manifest import load_export
+    from .formats.manifest import load_export
+    from .formats.references import load_references
     from .runtime import Sampler
 
     options = options or BenchOptions()
@@ -147,37 +163,63 @@ def run_bench(export_dir: str | Path, options: BenchOptions | None = None, out: 
                                                          device=options.device, max_batch=max(options.batch_sizes))
         except ValueError as e:  # SamplerError, BackendUnavailable, EngineMismatch: all say why
             results["skipped"].append({"backend": backend, "precision": precision, "reason": str(e).splitlines()[0]})
-    if ("torch", "fp32") not in samplers:
-        raise UserError("the bench needs the torch fp32 reference; include torch in --backends")
+    if not samplers:
+        raise UserError(f"no backend could run {export_dir} here: "
+                        + "; ".join(f"{s['backend']} {s['precision']}: {s['reason']}" for s in results["skipped"]))
+    refs = load_references(export_dir, manifest)
+    torch = _torch()
 
     steps = len(samplers) * len(options.batch_sizes)
     bar = tqdm(total=steps, desc="speed", unit="run", disable=not options.progress)
     for (backend, precision), sampler in samplers.items():
         for batch in options.batch_sizes:
-            if torch.cuda.is_available():
+            gpu = torch is not None and torch.cuda.is_available() and backend == "torch"
+            if gpu:
                 torch.cuda.reset_peak_memory_stats()
             row = {"backend": backend, "precision": precision, "device": sampler.info["device"],
                    "batch_size": batch, **time_sampler(sampler, batch, options, classes)}
             row["peak_rss_mb"] = _rss_mb()
-            if torch.cuda.is_available():
+            if gpu:
                 row["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
             results["speed"].append(row)
             bar.update(1)
     bar.close()
 
-    labels = None if classes is None else np.arange(options.parity_samples) % classes
-    reference = samplers[("torch", "fp32")].sample(options.parity_samples, 0, labels)
-    for (backend, precision), sampler in samplers.items():
-        images = sampler.sample(options.parity_samples, 0, labels)
-        results["parity"].append({"backend": backend, "precision": precision, "n": options.parity_samples,
-                                  **paired(reference, images, precision)})
-    if options.fid_samples:
+    results["parity"] = _parity_rows(samplers, refs, options.parity_samples, classes)
+    if options.fid_samples and ("torch", "fp32") not in samplers:
+        results["fid_skipped"] = "FID parity needs the torch fp32 backend as its reference (and torch for the network)"
+    elif options.fid_samples:
         _fid_rows(results, samplers, options, classes)
     for sampler in samplers.values():
         sampler.close()
     write_reports(results, out)
     log(render_summary(results, out))
     return results
+
+
+def _parity_rows(samplers: dict, refs, n: int, classes) -> list[dict]:
+    """Paired parity per (backend, precision): against this run's torch FP32 on n images of seed 0 where torch runs,
+    and against the export's stored references (PyTorch FP32 at export time) for torch FP32 itself and wherever
+    torch is absent, so no backend is ever compared with itself."""
+    from .formats.images import to_uint8
+
+    def as_uint8(x, sampler):
+        return x if refs.kind == "uint8" else to_uint8(x, sampler.config["value_range"])
+
+    labels = None if classes is None else np.arange(n) % classes
+    live = samplers.get(("torch", "fp32"))
+    reference = live.sample(n, 0, labels) if live is not None else None
+    rows = []
+    for (backend, precision), sampler in samplers.items():
+        if reference is None or (backend, precision) == ("torch", "fp32"):
+            images = as_uint8(sampler.run(refs.z, refs.labels), sampler)
+            against, count = "export references (torch fp32 at export time)", len(refs.z)
+            figures = paired(as_uint8(refs.images, sampler), images, precision)
+        else:
+            against, count = "torch fp32 (this run)", n
+            figures = paired(reference, sampler.sample(n, 0, labels), precision)
+        rows.append({"backend": backend, "precision": precision, "n": count, "reference": against, **figures})
+    return rows
 
 
 def _fid_rows(results: dict, samplers: dict, options: BenchOptions, classes) -> None:
@@ -191,7 +233,7 @@ def _fid_rows(results: dict, samplers: dict, options: BenchOptions, classes) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = fid.load_feature_net(options.device if options.device != "auto" else
-                                   ("cuda" if torch.cuda.is_available() else "cpu"))
+                                   samplers[("torch", "fp32")].info["device"])
     real_images, real_what = fid.load_images(options.real, n)
     real = fid.real_statistics(real_images, net, progress=options.progress)
     labels = None if classes is None else np.arange(n) % classes
@@ -222,7 +264,7 @@ def _fid_rows(results: dict, samplers: dict, options: BenchOptions, classes) -> 
 
 
 def write_reports(results: dict, out: Path) -> None:
-    from .artifacts import atomic_write_text
+    from .formats.files import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
@@ -244,15 +286,16 @@ def render_markdown(r: dict) -> str:
         lines.append(f"| {s['backend']} | {s['precision']} | {s['device']} | {s['batch_size']} | "
                      f"{s['images_per_s']:,.0f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} |")
     lines += ["", "## Parity against torch FP32 (same latents)", "",
-              "| backend | precision | max abs err (levels) | uint8 pixels differing | PSNR dB | FID | FID delta "
-              "| verdict |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| backend | precision | against | max abs err (levels) | uint8 pixels differing | PSNR dB | FID | "
+              "FID delta | verdict |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in r["parity"]:
         psnr = "identical" if p["psnr_db"] is None else f"{p['psnr_db']:.1f}"
         fid_value = f"{p['fid']:.2f}" if "fid" in p else "-"
         delta = f"{p['fid_delta']:+.3f}" if "fid_delta" in p else "-"
         verdict = "PASSED" if p["passed"] else "FAILED"
-        lines.append(f"| {p['backend']} | {p['precision']} | {p['max_abs_err']} | {100 * p['uint8_differing']:.3g}% | "
+        lines.append(f"| {p['backend']} | {p['precision']} | {p['reference']} ({p['n']}) | {p['max_abs_err']} | "
+                     f"{100 * p['uint8_differing']:.3g}% | "
                      f"{psnr} | {fid_value} | {delta} | {verdict} ({p['tolerance']}) |")
     if "fid" in r:
         f = r["fid"]
@@ -261,6 +304,8 @@ def render_markdown(r: dict) -> str:
                   f"{f['target_abs_delta']}."]
         if "warning" in f:
             lines.append(f"Warning: {f['warning']}.")
+    if "fid_skipped" in r:
+        lines += ["", f"FID: not measured: {r['fid_skipped']}."]
     if r["skipped"]:
         lines += ["", "## Skipped", "", "| backend | precision | reason |", "| --- | --- | --- |"]
         lines += [f"| {s['backend']} | {s['precision']} | {s['reason']} |" for s in r["skipped"]]
@@ -293,7 +338,7 @@ def plot_throughput(results: dict, path: Path) -> bool:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from .artifacts import atomic_path
+    from .formats.files import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -12,6 +12,11 @@ import typer
 from .errors import CheckFailed, TrainingDiverged, UserError
 
 TRITON_REPO = "exports/triton"
+# optional modules -> the pyproject extra that installs them
+EXTRAS = {"torch": "train", "yaml": "train", "safetensors": "train", "tensorboard": "tensorboard",
+          "onnx": "export", "onnxscript": "export", "onnxconverter_common": "export", "onnxruntime": "cpu",
+          "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve", "matplotlib": "bench",
+          "tritonclient": "triton", "google": "triton"}
 
 app = typer.Typer(help="Train GAN generators, export them, and sample them in production.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -31,6 +36,14 @@ def _errors():
     except CheckFailed as e:
         typer.echo(f"check failed: {e}", err=True)
         raise typer.Exit(1) from None
+    except ModuleNotFoundError as e:  # an optional dependency of this command: say which extra brings it
+        top = (e.name or "").split(".")[0]
+        extra = EXTRAS.get(top)
+        if extra is None:
+            raise
+        typer.echo(f"error: this command needs {top}, which is not installed here; pip install 'gandeploy[{extra}]'",
+                   err=True)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: the last checkpoint is intact; continue with --resume RUN_DIR", err=True)
         raise typer.Exit(130) from None
@@ -50,10 +63,10 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ):
     """Train a generator from a YAML recipe into a run folder (checkpoints, generator/, samples/, log.jsonl)."""
-    from .train import prepare_run
-    from .train import train as run_training
-
     with _errors():
+        from .train import prepare_run
+        from .train import train as run_training
+
         overrides = list(overrides or [])
         if recipe is not None and "=" in recipe and not Path(recipe).exists():
             overrides.insert(0, recipe)  # `gandeploy train --resume runs/x train.steps=5000`
@@ -72,48 +85,36 @@ def train(
 
 @app.command()
 def sample(
-    run: Optional[str] = typer.Argument(
-        None, help="A run folder or its generator/ folder (default: the latest run under runs/)."),
+    source: Optional[str] = typer.Argument(
+        None, help="An export, a run folder or its generator/ folder (default: the latest run under runs/)."),
     n: int = typer.Option(64, "--n", min=1, max=4096, help="Number of images."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed: image k of a seed is the same whatever --n."),
     labels: Optional[str] = typer.Option(
-        None, "--labels", help="Class labels for conditional models: one, or a comma list of n."),
+        None, "--labels", help="Class labels for conditional models: one, or a comma list of n (default: k % classes)."),
     out: str = typer.Option("grid.png", "--out", help="PNG file to write."),
     scale: int = typer.Option(2, "--scale", min=1, max=16, help="Enlarge pixels this many times in the PNG."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch, onnxruntime or tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
 ):
-    """Write a grid of samples from a trained generator."""
-    from .artifacts import load_generator
-    from .images import save_grid
-    from .train import latest_run, resolve_device, sample_images
-
+    """Write a grid of samples through the Sampler (the same images any backend and the server give)."""
     with _errors():
-        run = run if run is not None else latest_run()
-        generator, config = load_generator(run, resolve_device(device))
-        label_array = _parse_labels(labels, n, config["num_classes"])
-        save_grid(sample_images(generator, n, seed, label_array), out, scale=scale)
-        typer.echo(f"wrote {n} samples of {run} (seed {seed}) to {out}")
+        from .formats.images import save_grid
+        from .formats.labels import LabelError, check_labels, parse_labels
+        from .formats.paths import latest_run
+        from .runtime import Sampler
 
-
-def _parse_labels(text: str | None, n: int, num_classes: int):
-    import numpy as np
-
-    if text is None:
-        return None
-    if not num_classes:
-        raise UserError("--labels: this generator is unconditional; leave --labels out")
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise UserError(f"--labels: {text!r} is not a comma list of integers") from None
-    if len(values) == 1:
-        values = values * n
-    if len(values) != n:
-        raise UserError(f"--labels: got {len(values)} labels for --n {n}; give one label or exactly n")
-    bad = [v for v in values if not 0 <= v < num_classes]
-    if bad:
-        raise UserError(f"--labels: {bad[0]} is out of range; this generator has classes 0..{num_classes - 1}")
-    return np.array(values)
+        source = source if source is not None else latest_run()
+        with Sampler(source, backend=backend, device=device) as sampler:
+            classes = sampler.config["num_classes"]
+            try:
+                wanted = parse_labels(labels)
+                if wanted is None and classes:
+                    wanted = [k % classes for k in range(n)]
+                wanted = check_labels(wanted, n, classes)
+            except LabelError as e:
+                raise UserError(f"--{e}" if str(e).startswith("labels:") else f"--labels: {e}") from None
+            save_grid(sampler.sample(n, seed, wanted), out, scale=scale)
+            typer.echo(f"wrote {n} samples of {source} (seed {seed}, {sampler.info['backend']}) to {out}")
 
 
 @app.command()
@@ -134,11 +135,11 @@ def export(
         False, "--triton", help="Also write a Triton model repository into triton/ beside the export folder."),
 ):
     """Export a trained generator to ONNX (FP32 + FP16) and TensorRT, checking every file against PyTorch."""
-    from .export import ExportOptions
-    from .export import export as run_export
-    from .train import latest_run
-
     with _errors():
+        from .export import ExportOptions
+        from .export import export as run_export
+        from .formats.paths import latest_run
+
         options = ExportOptions(onnx=onnx or not trt, trt=trt, fp16=fp16, opset=opset, min_batch=min_batch,
                                 opt_batch=opt_batch, max_batch=max_batch, output=output)
         folder = run_export(source if source is not None else latest_run(), out, options, log=typer.echo)
@@ -165,10 +166,10 @@ def triton(
 ):
     """Write a Triton Inference Server model repository (config.pbtxt + 1/model.onnx or plans), checked against
     Triton's own config schema and the ONNX graph."""
-    from .export.triton import check_model, write_repository
-    from .train import latest_export
-
     with _errors():
+        from .export.triton import check_model, write_repository
+        from .formats.paths import latest_export
+
         if check:
             if export_dir is None:
                 raise UserError("--check: pass the model folder to check, e.g. exports/triton/dcgan_mnist")
@@ -193,10 +194,10 @@ def fid(
     """FID of a generator (or image folder) against real data, with the Inception network of FID's definition."""
     import warnings
 
-    from .metrics.fid import compute_fid
-    from .train import resolve_device
-
     with _errors():
+        from .metrics.fid import compute_fid
+        from .train import resolve_device
+
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = compute_fid(source, real, n, seed, batch_size, str(resolve_device(device)))
@@ -221,16 +222,15 @@ def bench(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
 ):
     """Throughput, latency and parity (paired and FID) of every backend on one export, in one report."""
-    import torch
-
-    from .bench import QUICK_FID_SAMPLES, BenchOptions, run_bench
-    from .train import latest_export
-
     with _errors():
+        from .bench import QUICK_FID_SAMPLES, BenchOptions, run_bench
+        from .formats.paths import latest_export
+        from .runtime.device import cuda_device_count
+
         sizes = _int_list(batch_sizes, "--batch-sizes")
         names = tuple(b.strip() for b in backends.split(",") if b.strip())
         if fid_samples is None:  # quick: a small FID sample (flagged in the report); CPU: FID off unless asked
-            fid_samples = QUICK_FID_SAMPLES if quick else (10000 if torch.cuda.is_available() else 0)
+            fid_samples = QUICK_FID_SAMPLES if quick else (10000 if cuda_device_count() else 0)
         options = BenchOptions(backends=names, batch_sizes=sizes, fid_samples=fid_samples, real=real, quick=quick,
                                device=device)
         run_bench(export_dir if export_dir is not None else latest_export(), options, out, log=typer.echo)
@@ -262,9 +262,9 @@ def serve(
         help="Backend calls at once (Triton's instance count); 2 can help where one call leaves cores idle."),
 ):
     """Serve an export over HTTP: POST /v1/generate, GET /v1/generate?n=&seed=, /healthz, /readyz, /metrics."""
-    from .train import latest_export
-
     with _errors():
+        from .formats.paths import latest_export
+
         try:
             from .serve import ServeOptions
             from .serve import serve as run_server
@@ -288,35 +288,65 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 @app.command()
+def verify(
+    export_dir: Optional[str] = typer.Argument(None, help="An export folder (default: the latest under exports/)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Only this backend (default: every one that loads)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 (default: both, where present)."),
+    device: str = typer.Option("auto", "--device", help="auto (every device here), cpu or cuda[:N]."),
+):
+    """Check every backend that runs here against the PyTorch FP32 outputs stored in the export. Exit 0: all passed;
+    1: a check failed; 2: bad input. Needs no torch: run it on the machine that will serve."""
+    with _errors():
+        from .formats.paths import latest_export
+        from .runtime.verify import verify as run_verify
+
+        folder = export_dir if export_dir is not None else latest_export()
+        checks = run_verify(folder, backend, precision, device)
+        for check in checks:
+            typer.echo(check.line())
+        failed = [c for c in checks if c.status == "FAILED"]
+        ran = [c for c in checks if c.status != "SKIPPED"]
+        typer.echo(f"{folder}: {len(ran) - len(failed)} of {len(ran)} checks passed"
+                   + (f", {len(checks) - len(ran)} skipped" if len(checks) > len(ran) else ""))
+        if failed:
+            raise typer.Exit(1)
+
+
+@app.command()
 def info():
-    """Print versions, devices and which backends are available here."""
+    """Print versions, devices and which backends can run here."""
     import platform
 
-    import torch
-
     from . import __version__
+    from .runtime import backends
+    from .runtime.device import cuda_device_count
 
     lines = [f"gandeploy {__version__}", f"python {platform.python_version()} on {platform.platform()}",
-             f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'})"]
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            p = torch.cuda.get_device_properties(i)
-            lines.append(f"cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}")
-    else:
-        lines.append("cuda: no GPU visible")
-    for module in ("numpy", "onnx", "onnxruntime", "tensorrt", "torchvision", "tensorboard"):
+             f"cuda devices visible to the driver: {cuda_device_count()}"]
+    for module in ("numpy", "torch", "onnx", "onnxruntime", "tensorrt", "cuda.bindings", "torchvision",
+                   "tensorboard"):
         lines.append(f"{module}: {_probe(module)}")
+    for name, entry in backends.REGISTRY.items():
+        state = _probe(entry.module, "ready")
+        if state == "ready":  # a backend whose library imports may still lack a GPU or a companion library
+            import importlib
+
+            reason = getattr(importlib.import_module(entry.module), "availability", lambda: None)()
+            state = "ready" if reason is None else f"not available ({reason})"
+        lines.append(f"backend {name}: runs on {', '.join(entry.devices)}; {state}")
     typer.echo("\n".join(lines))
 
 
-def _probe(module: str) -> str:
+def _probe(module: str, found: str | None = None) -> str:
     import importlib
 
     try:
         mod = importlib.import_module(module)
     except Exception as e:  # an installed package can still fail to import (torchvision built for another torch)
         return f"not available ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    text = getattr(mod, "__version__", "installed")
+    text = found or getattr(mod, "__version__", "installed")
+    if module == "torch":
+        text += f" (CUDA build {mod.version.cuda or 'none'})"
     if module == "onnxruntime":
         text += f", providers {', '.join(mod.get_available_providers())}"
     return text

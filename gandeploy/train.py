@@ -25,7 +25,8 @@ from . import distributed
 from .artifacts import atomic_write_text, load_checkpoint, save_checkpoint, save_generator
 from .data import ImageData, batches, load_data
 from .errors import TrainingDiverged, UserError
-from .images import save_grid, to_uint8
+from .formats.images import save_grid, to_uint8
+from .formats.paths import latest_export, latest_run  # noqa: F401  (re-exported)
 from .latents import latents
 from .losses import LOSSES, gradient_penalty, instance_noise_std
 from .nets import build_discriminator, build_generator, dcgan_init
@@ -35,13 +36,16 @@ CHECKPOINT_RE = re.compile(r"^step-(\d+)\.safetensors$")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible to torch {torch.__version__}; use --device cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"--device {name}: expected auto, cpu or cuda[:N]")
-    return torch.device(name)
+    """The runtime's device resolution, plus what torch itself can use (a CPU build of torch sees no GPU)."""
+    from .runtime.device import resolve_device as resolve
+
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = resolve(name, what="--device")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: torch {torch.__version__} cannot use the GPU (CUDA build: "
+                        f"{torch.version.cuda or 'none'}); install a CUDA build of torch, or use --device cpu")
+    return torch.device(device)
 
 
 def auto_amp(device: torch.device) -> str:
@@ -345,7 +349,7 @@ def sample_images(generator: nn.Module, n: int, seed: int = 0, labels=None, batc
             k = min(batch_size, n - start)
             z = torch.from_numpy(latents(seed, k, generator.latent_dim, start)).to(device)
             y = None if labels is None else torch.as_tensor(labels[start:start + k], dtype=torch.int64, device=device)
-            out.append(to_uint8(generator(z, y)))
+            out.append(to_uint8(generator(z, y).float().cpu().numpy()))
     return np.concatenate(out)
 
 
@@ -406,23 +410,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 # ---- entry point ------------------------------------------------------------------------------------------------
-
-
-def latest_run(root: str | Path = "runs") -> Path:
-    """The run under `root` whose generator was written last (what commands take when given no path)."""
-    found = sorted(Path(root).glob("*/generator/config.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise UserError(f"no trained run under {root}/; train one with `gandeploy train recipes/dcgan_mnist.yaml` "
-                        f"or pass a run folder")
-    return found[-1].parent.parent
-
-
-def latest_export(root: str | Path = "exports") -> Path:
-    """The export under `root` written last."""
-    found = sorted(Path(root).glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise UserError(f"no export under {root}/; make one with `gandeploy export` or pass an export folder")
-    return found[-1].parent
 
 
 def new_run_dir(root: Path, name: str) -> Path:

@@ -93,11 +93,12 @@ def test_a_run_killed_at_any_moment_resumes_from_its_last_good_checkpoint(tmp_pa
     state = load_checkpoint(good)
     assert state["step"] >= 2
     load_generator(run_dir)  # the generator folder is whole too
-    leftovers = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    # a kill mid-write may leave a temporary file, never a damaged checkpoint: every published file loads
+    published = [p for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith(".tmp-")]
+    assert published and all(load_checkpoint(p)["step"] >= 1 for p in published)
     code, output = cli("train", "--resume", str(run_dir), f"train.steps={state['step'] + 2}", "--no-progress")
     assert code == 0, output
     assert load_checkpoint(latest_checkpoint(run_dir))["step"] == state["step"] + 2
-    assert all(p.name not in leftovers or p.name.startswith(".tmp-") for p in (run_dir / "checkpoints").iterdir())
 
 
 def test_ema_arithmetic():
@@ -160,7 +161,7 @@ def test_sample_command_writes_a_grid(tiny_run, tiny_conditional_run, tmp_path):
                        "--out", str(tmp_path / "c.png"))
     assert code == 0, output
     code, output = cli("sample", str(tiny_conditional_run), "--labels", "12", "--out", str(tmp_path / "x.png"))
-    assert code == 2 and "--labels: 12 is out of range; this generator has classes 0..9" in output
+    assert code == 2 and "--labels: label 12 is out of range; this generator has classes 0..9" in output
     code, output = cli("sample", str(tmp_path / "nothing"))
     assert code == 2 and output.startswith("error: ")
 
@@ -220,9 +221,11 @@ def test_sample_takes_the_latest_run_when_given_no_path(tiny_run, tmp_path, monk
 def test_info_lists_versions_and_backends():
     code, output = cli("info")
     assert code == 0
-    assert f"torch {torch.__version__}" in output
+    assert f"torch: {torch.__version__}" in output
     for module in ("onnxruntime", "tensorrt", "torchvision"):
         assert f"{module}: " in output  # a version, or "not available (reason)"
+    for backend in ("torch", "onnxruntime", "tensorrt"):
+        assert f"backend {backend}: runs on" in output
 
 
 def test_tensorboard_events_when_installed(tiny_run):

@@ -2,6 +2,6 @@
 manifest.json. `gandeploy export` calls `export`; everything here works without the CLI."""
 
 from .exporter import ExportOptions, add_engine, export
-from .manifest import load_export, load_manifest
+from ..formats.manifest import load_export, load_manifest
 
 __all__ = ["ExportOptions", "add_engine", "export", "load_export", "load_manifest"]

@@ -14,12 +14,15 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..artifacts import atomic_dir, atomic_write_text, generator_dir, load_generator
+from ..artifacts import load_generator
 from ..errors import CheckFailed, UserError
-from . import manifest as mf
+from ..formats import manifest as mf
+from ..formats.files import atomic_dir, atomic_write_text
+from ..formats.generator import generator_dir
+from ..formats.manifest import FP16_FILE, FP32_FILE, GENERATOR_DIR, REFERENCE_FILE
+from ..formats.parity import Parity, measure, tolerance_text
+from ..formats.references import References, reference_inputs, save_references
 from . import onnx as ox
-
-FP32_FILE, FP16_FILE = "generator.onnx", "generator.fp16.onnx"
 CPU_FP16_NOTE = ("ONNX Runtime's CPU provider computes float16 graphs in float32 after casts: this figure measures "
                  "the rounding of stored float16 values, not float16 arithmetic")
 
@@ -84,11 +87,19 @@ def export(source: str | Path, out: str | Path | None = None, options: ExportOpt
             parity["onnxruntime_fp16"] = _check_onnx(tmp / FP16_FILE, config, references, options.output, "fp16")
             artifacts[FP16_FILE] = mf.describe(tmp / FP16_FILE, precision="fp16")
         # the PyTorch generator travels with the export: the torch backend and parity checks need no run folder
-        (tmp / "generator").mkdir()
+        (tmp / GENERATOR_DIR).mkdir()
         for name in ("config.json", "model.safetensors"):
-            shutil.copyfile(folder / name, tmp / "generator" / name)
-            artifacts[f"generator/{name}"] = mf.describe(tmp / "generator" / name)
+            shutil.copyfile(folder / name, tmp / GENERATOR_DIR / name)
+            artifacts[f"{GENERATOR_DIR}/{name}"] = mf.describe(tmp / GENERATOR_DIR / name)
+        # reference outputs: what `gandeploy verify` checks every backend against, on the machine that serves
+        refs = _references(graph, config, options.output)
+        save_references(tmp / REFERENCE_FILE, refs)
+        artifacts[REFERENCE_FILE] = mf.describe(tmp / REFERENCE_FILE)
         manifest = _manifest(run_name, folder, config, options, artifacts, parity)
+        manifest["references"] = {"file": REFERENCE_FILE, "seed": 0, "count": len(refs.z),
+                                  "labels": "k % num_classes" if config["num_classes"] else None,
+                                  "reference": "torch fp32 (cpu)",
+                                  "tolerances": {p: tolerance_text(options.output, p) for p in ("fp32", "fp16")}}
         (tmp / "manifest.json").write_text(mf.dumps(manifest))
     log(summary(out, manifest))
     if options.trt:
@@ -108,36 +119,42 @@ def _require_onnx_stack() -> None:
 
 def _torch_outputs(graph, config: dict, n: int, seed: int) -> tuple[dict, np.ndarray]:
     feeds = ox.example_inputs(config, n, seed)
+    return feeds, _forward(graph, config, feeds)
+
+
+def _forward(graph, config: dict, feeds: dict) -> np.ndarray:
     with torch.inference_mode():
-        out = graph(*(torch.from_numpy(feeds[name]) for name in ox.input_names(config)))
-    return feeds, out.numpy()
+        return graph(*(torch.from_numpy(feeds[name]) for name in ox.input_names(config))).numpy()
+
+
+def _references(graph, config: dict, output: str) -> References:
+    z, labels = reference_inputs(config)
+    feeds = {"z": z} if labels is None else {"z": z, "label": labels}
+    return References(z, labels, _forward(graph, config, feeds), output)
 
 
 def _check_onnx(path: Path, config: dict, references: dict, output: str, precision: str) -> dict:
     session = ox.session(path)
-    per_batch = {}
+    pairs = []
     for b, (feeds, expected) in references.items():
         got = session.run(None, feeds)[0]
         if got.shape != expected.shape or got.dtype != expected.dtype:
             raise CheckFailed(f"{path.name}: batch {b} gave {got.dtype}{got.shape}, expected "
                               f"{expected.dtype}{expected.shape}")
-        per_batch[b] = ox.compare(expected, got, output)
-    figures = {**ox.merge(list(per_batch.values())), "per_batch": {str(b): f for b, f in per_batch.items()},
-               "provider": "CPUExecutionProvider", "reference": "torch fp32 (cpu)"}
-    figures.update(ox.verdict(figures, output, precision))
+        pairs.append((b, expected, got))
+    parity = measure(pairs, output, precision, config["value_range"])
+    if not parity.passed:
+        raise CheckFailed(f"{path.name} does not match PyTorch: {parity.line()} (needs {parity.tolerance})")
+    figures = {**parity.as_dict(), "provider": "CPUExecutionProvider", "reference": "torch fp32 (cpu)"}
     if precision == "fp16":
         figures["note"] = CPU_FP16_NOTE
-    if not figures["passed"]:
-        raise CheckFailed(f"{path.name} does not match PyTorch: {_figures_line(figures, output)} "
-                          f"(needs {figures['tolerance']})")
     return figures
 
 
-def _figures_line(f: dict, output: str) -> str:
-    err = f"{f['max_abs_err']} level(s)" if output == "uint8" else f"{f['max_abs_err']:.2e}"
-    psnr = "identical" if f["psnr_db"] is None else f"PSNR {f['psnr_db']:.1f} dB"
-    return (f"max |err| {err}, mean |err| {f['mean_abs_err']:.2e}, {100 * f['uint8_differing']:.4g}% of uint8 "
-            f"pixels differ, {psnr}")
+def _line(figures: dict, kind: str) -> str:
+    """The one-line summary of parity figures stored in a manifest."""
+    keys = ("max_abs_err", "mean_abs_err", "uint8_differing", "psnr_db", "tolerance", "passed")
+    return Parity(kind, **{k: figures[k] for k in keys}).line()
 
 
 def _manifest(name: str, folder: Path, config: dict, options: ExportOptions, artifacts: dict, parity: dict) -> dict:
@@ -177,10 +194,10 @@ def summary(out: Path, manifest: dict) -> str:
         f = manifest["parity"].get(key)
         if f:
             verdict = "PASSED" if f["passed"] else "FAILED"
-            lines.append(f"  {file:<22} {_figures_line(f, kind)}  {verdict} ({f['tolerance']})")
+            lines.append(f"  {file:<22} {_line(f, kind)}  {verdict} ({f['tolerance']})")
     for engine in manifest.get("engines", []):
         f = engine["parity"]
-        lines.append(f"  {engine['file']:<22} {_figures_line(f, kind)}  {'PASSED' if f['passed'] else 'FAILED'}")
+        lines.append(f"  {engine['file']:<22} {_line(f, kind)}  {'PASSED' if f['passed'] else 'FAILED'}")
     return "\n".join(lines)
 
 
@@ -204,19 +221,16 @@ def add_engine(folder: str | Path, options: ExportOptions | None = None, log=pri
                             workspace_gib=options.workspace_gib, timing_cache=folder.parent / ".trt-timing-cache")
     engine = trt.load_engine(folder / meta["file"])
     session = ox.session(folder / FP32_FILE)
-    per_batch = {}
+    kind = manifest["output"]["kind"]
+    pairs = []
     for n in ox.verification_batches(b["min"], b["opt"], b["max"]):
         feeds = ox.example_inputs(config, n, manifest["parity"]["seed"] + n)
-        expected = session.run(None, feeds)[0]
-        got = trt.run_engine(engine, feeds)["images"]
-        per_batch[n] = ox.compare(expected, got, manifest["output"]["kind"])
-    figures = {**ox.merge(list(per_batch.values())), "reference": "onnxruntime fp32 (cpu)",
-               "per_batch": {str(k): v for k, v in per_batch.items()}}
-    figures.update(ox.verdict(figures, manifest["output"]["kind"], precision))
-    if not figures["passed"]:
+        pairs.append((n, session.run(None, feeds)[0], trt.run_engine(engine, feeds)["images"]))
+    parity = measure(pairs, kind, precision, config["value_range"])
+    if not parity.passed:
         (folder / meta["file"]).unlink(missing_ok=True)
-        raise CheckFailed(f"{meta['file']} does not match ONNX Runtime: "
-                          f"{_figures_line(figures, manifest['output']['kind'])} (needs {figures['tolerance']})")
+        raise CheckFailed(f"{meta['file']} does not match ONNX Runtime: {parity.line()} (needs {parity.tolerance})")
+    figures = {**parity.as_dict(), "reference": "onnxruntime fp32 (cpu)"}
     meta["parity"] = figures
     manifest["engines"] = [e for e in manifest["engines"] if e["file"] != meta["file"]] + [meta]
     atomic_write_text(folder / "manifest.json", mf.dumps(manifest))

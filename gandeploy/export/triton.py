@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..artifacts import atomic_dir
 from ..errors import ArtifactError, UserError
-from . import manifest as mf
-from .exporter import FP16_FILE, FP32_FILE
+from ..formats import manifest as mf
+from ..formats.files import atomic_dir
+from ..formats.manifest import FP16_FILE, FP32_FILE
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig

@@ -1,4 +1,5 @@
-"""The runtime: `Sampler` over PyTorch, ONNX Runtime and TensorRT, and the batching front behind `submit`."""
+"""The runtime: `Sampler` over PyTorch, ONNX Runtime and TensorRT, the batching front behind `submit`, and
+`verify`. numpy plus each backend's own library, imported when that backend is asked for: no torch here."""
 
 from .backends import BackendUnavailable
 from .batching import Overloaded

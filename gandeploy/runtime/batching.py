@@ -27,7 +27,8 @@ class _Request:
 
 
 class BatchingFront:
-    def __init__(self, run, max_batch: int, max_delay: float, max_queue: int, on_batch=None, workers: int = 1):
+    def __init__(self, run, max_batch: int, max_delay: float = 0.0, max_queue: int = 4096, on_batch=None,
+                 workers: int = 1):
         """`run(z, labels) -> images` computes one batch of at most max_batch images; max_queue counts images;
         `on_batch(images, requests)`, if given, hears the size of every batch run (for metrics); `workers` batches
         may run at once (Triton's instance count: worth 2 where one backend call leaves cores idle)."""

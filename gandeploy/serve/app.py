@@ -27,8 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..export.manifest import load_manifest
-from ..images import grid, png
+from ..formats.images import grid, png
+from ..formats.labels import LabelError, parse_labels
+from ..formats.manifest import load_manifest
 from ..runtime import Overloaded, Sampler, SamplerError
 from .metrics import Metrics
 
@@ -93,9 +94,9 @@ class Service:
         self.ready, self.failed, self.unbatched = False, None, 0
         self.sampler = Sampler(export_dir, backend=options.backend, device=options.device,
                                precision=options.precision, max_batch=options.max_batch,
-                               max_images=options.max_images_per_request, max_delay_ms=options.max_delay_ms,
-                               max_queue=options.max_queue, workers=options.workers,
-                               on_batch=lambda *sizes: self.metrics.observe_batch(*sizes))
+                               max_images=options.max_images_per_request)
+        self.sampler.batching(max_delay_ms=options.max_delay_ms, max_queue=options.max_queue,
+                              workers=options.workers, on_batch=lambda *sizes: self.metrics.observe_batch(*sizes))
         self.metrics = Metrics(self.sampler.max_batch, lambda: self.queued, lambda: self.ready)
         # PNG encoding runs here instead of on the event loop; with batching off, requests run on `workers` threads
         self.pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="gandeploy-png")
@@ -224,11 +225,9 @@ async def _params(request: Request) -> dict:
                 params[field] = int(params[field])
         if "labels" in params:
             try:
-                labels = [int(v) for v in params["labels"].split(",")]
-            except ValueError:
-                raise Problem(422, f"labels: {params['labels']!r} is not an integer or a comma list of them",
-                              "labels") from None
-            params["labels"] = labels[0] if len(labels) == 1 else labels
+                params["labels"] = parse_labels(params["labels"])
+            except LabelError as e:
+                raise Problem(422, str(e), "labels") from None
         return params
     try:
         params = await request.json()

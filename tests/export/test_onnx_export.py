@@ -12,7 +12,7 @@ from gandeploy.artifacts import load_generator
 from gandeploy.errors import ArtifactError
 from gandeploy.export import ExportOptions, export, load_export
 from gandeploy.export import onnx as ox
-from gandeploy.images import to_uint8
+from gandeploy.formats.images import to_uint8
 from gandeploy.latents import latents
 
 CASES = [("uncond", "uint8"), ("uncond", "float"), ("cond", "uint8"), ("cond", "float")]
@@ -51,7 +51,7 @@ def test_export_matches_pytorch_at_every_batch_size(exports, tiny_run, tiny_cond
         if output == "uint8":
             assert got.dtype == np.uint8 and got.shape == (n, 28, 28, 1)
             # the fused post-processing agrees with the library's own conversion
-            assert np.abs(got.astype(int) - to_uint8(reference).astype(int)).max() <= 1
+            assert np.abs(got.astype(int) - to_uint8(reference.numpy()).astype(int)).max() <= 1
         else:
             assert got.dtype == np.float32 and got.shape == (n, 1, 28, 28)
             assert np.abs(got - reference.numpy()).max() <= 1e-4
@@ -197,4 +197,5 @@ def test_export_cli_defaults_to_the_latest_run_and_exports_folder(tiny_run, tmp_
     assert code == 0, output
     assert "PASSED" in output and "FAILED" not in output
     manifest = load_export(tmp_path / "exports" / "dcgan_mnist")
-    assert list(manifest["artifacts"]) == ["generator.onnx", "generator/config.json", "generator/model.safetensors"]
+    assert list(manifest["artifacts"]) == ["generator.onnx", "generator/config.json", "generator/model.safetensors",
+                                          "reference.npz"]

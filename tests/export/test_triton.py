@@ -18,7 +18,7 @@ from conftest import cli
 
 from gandeploy import Sampler
 from gandeploy.errors import ArtifactError, UserError
-from gandeploy.export import manifest as mf
+from gandeploy.formats import manifest as mf
 from gandeploy.export.tensorrt import engine_filename
 from gandeploy.export.triton import check_model, write_repository
 from gandeploy.latents import latents

@@ -1,25 +1,22 @@
-"""manifest.json: what an export folder holds, how it was checked, and what made it. The Sampler, the bench and
-the server read an export through `load_export`, which validates the schema and every artifact's checksum."""
+"""manifest.json: what an export folder holds, how it was checked, and what made it. The Sampler, the bench, the
+server and `gandeploy verify` read an export through `load_export`, which validates the schema and every
+artifact's checksum. json + the standard library only."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ..errors import ArtifactError
+from .files import sha256
+
+FP32_FILE, FP16_FILE = "generator.onnx", "generator.fp16.onnx"
+GENERATOR_DIR = "generator"  # the PyTorch generator (config.json + model.safetensors) inside an export
+REFERENCE_FILE = "reference.npz"  # PyTorch FP32 outputs for fixed latents: what `gandeploy verify` checks against
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema_version", "name", "generator", "inputs", "output", "batch", "opset", "artifacts", "parity",
             "versions", "source")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe(path: Path, **extra) -> dict:

@@ -1,21 +1,31 @@
-"""Float images to uint8 and sample grids as PNG (no torchvision needed)."""
+"""Float images to uint8, and sample grids as PNG: numpy and Pillow only (no torch, no torchvision).
+
+`levels` is the one float -> uint8 arithmetic of the project. It takes a numpy array or a torch tensor (both spell
+the same operators), so the exported ONNX graph, the torch backend (on its device) and the numpy path of the
+Sampler all round the same way: round-half-to-even of (x - lo) * 255 / (hi - lo), clipped to 0..255.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .artifacts import atomic_path
+from .files import atomic_path
 
 
-def to_uint8(images: torch.Tensor, value_range=(-1.0, 1.0)) -> np.ndarray:
-    """float (n, c, h, w) in value_range -> uint8 (n, h, w, c), rounding to the nearest level."""
-    lo, hi = value_range
-    x = (images.detach().float() - lo) * (255.0 / (hi - lo))
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def levels(x, value_range=(-1.0, 1.0)):
+    """float (n, c, h, w) in value_range -> the same shape in float grey levels 0..255, rounded (numpy or torch)."""
+    lo, hi = float(value_range[0]), float(value_range[1])
+    return ((x - lo) * (255.0 / (hi - lo))).round().clip(0, 255)
+
+
+def to_uint8(images: np.ndarray, value_range=(-1.0, 1.0)) -> np.ndarray:
+    """float32 (n, c, h, w) in value_range -> uint8 (n, h, w, c)."""
+    x = levels(np.asarray(images, dtype=np.float32), value_range)
+    return np.ascontiguousarray(x.astype(np.uint8).transpose(0, 2, 3, 1))
 
 
 def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -32,8 +42,6 @@ def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarra
 
 def png(picture: np.ndarray, scale: int = 1) -> bytes:
     """uint8 (h, w, c) -> PNG bytes, each pixel enlarged to scale x scale."""
-    import io
-
     from PIL import Image
 
     img = Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)

@@ -1,0 +1,44 @@
+"""Class labels for conditional generators: the one check every entry point (Sampler, CLI, HTTP) goes through."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+
+
+class LabelError(UserError):
+    """Labels that do not fit the generator; the message names the problem and the fix."""
+
+
+def parse_labels(text: str | None):
+    """'3' -> 3, '1,2,3' -> [1, 2, 3], None -> None: text from a command line or a query string."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise LabelError(f"labels: {text!r} is not an integer or a comma list of them") from None
+    return values[0] if len(values) == 1 else values
+
+
+def check_labels(labels, n: int, classes: int) -> np.ndarray | None:
+    """labels as the backends take them (int64 (n,)), or None for an unconditional generator."""
+    if not classes:
+        if labels is not None:
+            raise LabelError("this generator is unconditional; pass no labels")
+        return None
+    if labels is None:
+        raise LabelError(f"this generator is class-conditional: pass labels (one int, or {n} ints in "
+                         f"0..{classes - 1})")
+    array = np.asarray(labels)
+    if array.dtype.kind not in "iu":
+        raise LabelError(f"labels must be integers, got {array.dtype}")
+    if array.ndim == 0:
+        array = np.full(n, int(array))
+    if array.shape != (n,):
+        raise LabelError(f"labels has shape {array.shape}; expected one int or ({n},)")
+    if array.min() < 0 or array.max() >= classes:
+        bad = array[(array < 0) | (array >= classes)][0]
+        raise LabelError(f"label {bad} is out of range; this generator has classes 0..{classes - 1}")
+    return array.astype(np.int64)
