@@ -29,7 +29,7 @@ test: install
 # verify and serve (tests/runtime/test_without_torch.py runs those with torch blocked in the full venv).
 SERVE_VENV := .venv-serve
 test-serve-profile:
-	rm -rf $(SERVE_VENV)
+	rm -rf $(SERVE_VENV) build  # pip builds in the tree: a stale build/ would be packed into the wheel
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install -q ".[serve]"
 	$(SERVE_VENV)/bin/python -c "import importlib.util as u, sys; bad = [m for m in ('torch', 'onnx', 'yaml', 'safetensors') if u.find_spec(m)]; sys.exit(f'serve profile installed {bad}' if bad else 0)"

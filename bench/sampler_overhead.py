@@ -48,13 +48,15 @@ def rate(call, images_per_call: int, seconds: float) -> float:
     return count * images_per_call / (time.perf_counter() - start)
 
 
-def p50_latency_ms(call, calls: int = 400) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def p50_latency_ms(calls: dict, repeats: int = 400) -> dict:
+    """Median latency of each call, the calls interleaved one by one so both see the same machine."""
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def concurrent_rate(sampler: Sampler, callers: int, seconds: float) -> float:
@@ -112,14 +114,16 @@ def measure(export: Path, seconds: float, rounds: int) -> dict:
     samplers = {"onnxruntime": Sampler(export, backend="onnxruntime"), "torch": Sampler(export, backend="torch")}
     ours = samplers["onnxruntime"]
     rows = {}
-    for _ in range(rounds):  # interleaved: drift on a shared machine hits both sides alike
+    for k in range(rounds):  # interleaved, and in alternating order: drift on a shared machine hits both alike
         for batch in BATCHES:
-            bare = lambda: session.run(None, {"z": latents(0, batch, latent_dim)})  # noqa: E731
-            rows.setdefault(("bare", batch), []).append(rate(bare, batch, seconds))
-            rows.setdefault(("sampler", batch), []).append(rate(lambda: ours.sample(batch, 0), batch, seconds))
-        rows.setdefault(("bare", "p50"), []).append(
-            p50_latency_ms(lambda: session.run(None, {"z": latents(0, 1, latent_dim)})))
-        rows.setdefault(("sampler", "p50"), []).append(p50_latency_ms(lambda: ours.sample(1, 0)))
+            sides = {"bare": lambda: session.run(None, {"z": latents(0, batch, latent_dim)}),
+                     "sampler": lambda: ours.sample(batch, 0)}
+            for side in (("bare", "sampler") if k % 2 == 0 else ("sampler", "bare")):
+                rows.setdefault((side, batch), []).append(rate(sides[side], batch, seconds))
+        p50 = p50_latency_ms({"bare": lambda: session.run(None, {"z": latents(0, 1, latent_dim)}),
+                              "sampler": lambda: ours.sample(1, 0)})
+        for side, value in p50.items():
+            rows.setdefault((side, "p50"), []).append(value)
         for name, sampler in samplers.items():
             rows.setdefault((name, "front16"), []).append(concurrent_rate(sampler, 16, seconds))
             rows.setdefault((name, "batch16"), []).append(rate(lambda: sampler.sample(16, 0), 16, seconds))

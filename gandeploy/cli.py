@@ -23,8 +23,9 @@ app = typer.Typer(help="Train GAN generators, export them, and sample them in pr
 
 
 @contextlib.contextmanager
-def _errors():
-    """Bad input ends in one line on stderr and exit code 2; a diverged run in one line and exit code 1."""
+def _errors(extra: str | None = None):
+    """Bad input ends in one line on stderr and exit code 2; a diverged run in one line and exit code 1. A missing
+    optional module names the extra that brings it: the command's own (`extra`), else the module's."""
     try:
         yield
     except UserError as e:
@@ -38,11 +39,10 @@ def _errors():
         raise typer.Exit(1) from None
     except ModuleNotFoundError as e:  # an optional dependency of this command: say which extra brings it
         top = (e.name or "").split(".")[0]
-        extra = EXTRAS.get(top)
-        if extra is None:
+        if top not in EXTRAS:
             raise
-        typer.echo(f"error: this command needs {top}, which is not installed here; pip install 'gandeploy[{extra}]'",
-                   err=True)
+        typer.echo(f"error: this command needs {top}, which is not installed here; pip install "
+                   f"'gandeploy[{extra or EXTRAS[top]}]'", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: the last checkpoint is intact; continue with --resume RUN_DIR", err=True)
@@ -63,7 +63,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ):
     """Train a generator from a YAML recipe into a run folder (checkpoints, generator/, samples/, log.jsonl)."""
-    with _errors():
+    with _errors("train"):
         from .train import prepare_run
         from .train import train as run_training
 
@@ -135,7 +135,7 @@ def export(
         False, "--triton", help="Also write a Triton model repository into triton/ beside the export folder."),
 ):
     """Export a trained generator to ONNX (FP32 + FP16) and TensorRT, checking every file against PyTorch."""
-    with _errors():
+    with _errors("export"):
         from .export import ExportOptions
         from .export import export as run_export
         from .formats.paths import latest_run
@@ -194,7 +194,7 @@ def fid(
     """FID of a generator (or image folder) against real data, with the Inception network of FID's definition."""
     import warnings
 
-    with _errors():
+    with _errors("train,fid"):
         from .metrics.fid import compute_fid
         from .train import resolve_device
 
@@ -216,7 +216,7 @@ def bench(
     fid_samples: Optional[int] = typer.Option(
         None, "--fid-samples", min=0,
         help="Images per FID (default: 10000 on a GPU, none on CPU, 100 with --quick; 0 = no FID)."),
-    real: str = typer.Option("mnist", "--real", help="Real data for FID: mnist, an image folder or a stats .npz."),
+    real: str = typer.Option("mnist", "--real", help="Real data for FID: mnist (the bundled digits) or an image folder."),
     quick: bool = typer.Option(False, "--quick", help="Shorter timing windows and fewer parity samples."),
     out: Optional[str] = typer.Option(None, "--out", help="Report folder (default: bench/results/<name>)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),

@@ -78,3 +78,14 @@ def test_perturbed_outputs_fail_parity(tiny_export):
     assert not verdict["passed"] and verdict["max_abs_err"] == 2
     noisy = np.clip(images.astype(int) + np.random.default_rng(0).integers(-40, 41, images.shape), 0, 255)
     assert not paired(reference, noisy.astype(np.uint8), "fp16")["passed"]  # far below 40 dB
+
+
+def test_bench_without_torch_judges_against_the_stored_references(tiny_export, tmp_path):
+    """A serving machine without torch: every backend is judged against the PyTorch outputs made at export time."""
+    options = BenchOptions(backends=("onnxruntime",), batch_sizes=(4,), quick=True, device="cpu", progress=False)
+    results = run_bench(tiny_export, options, tmp_path / "out", log=lambda _: None)
+    rows = {(p["backend"], p["precision"]): p for p in results["parity"]}
+    assert set(rows) == {("onnxruntime", "fp32"), ("onnxruntime", "fp16")}
+    for row in rows.values():
+        assert row["reference"].startswith("export references") and row["n"] == 32 and row["passed"]
+    assert rows[("onnxruntime", "fp32")]["max_abs_err"] <= 1

@@ -113,8 +113,7 @@ def _require_onnx_stack() -> None:
     missing = [m for m in ("onnx", "onnxscript", "onnxconverter_common", "onnxruntime")
                if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"export needs {', '.join(missing)}; install them with pip install 'gandeploy[onnx]' "
-                        f"(or 'gandeploy[gpu]' on a CUDA machine)")
+        raise UserError(f"export needs {', '.join(missing)}; install them with pip install 'gandeploy[export]'")
 
 
 def _torch_outputs(graph, config: dict, n: int, seed: int) -> tuple[dict, np.ndarray]:

@@ -58,6 +58,16 @@ def test_export_matches_pytorch_at_every_batch_size(exports, tiny_run, tiny_cond
 
 
 @pytest.mark.parametrize("kind, output", CASES)
+def test_every_export_verifies_itself(exports, kind, output):
+    from gandeploy.runtime.verify import verify
+
+    checks = verify(exports[(kind, output)])
+    ran = {(c.backend, c.precision) for c in checks if c.parity is not None}
+    assert ran == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")}
+    assert all(c.parity.passed for c in checks if c.parity is not None), [c.line() for c in checks]
+
+
+@pytest.mark.parametrize("kind, output", CASES)
 def test_graph_contract(exports, kind, output):
     model = onnx.load(str(exports[(kind, output)] / "generator.onnx"))
     ops = {node.op_type for node in model.graph.node}
@@ -72,6 +82,11 @@ def test_graph_contract(exports, kind, output):
     assert out.name == "images"
     assert out.type.tensor_type.elem_type == (onnx.TensorProto.UINT8 if output == "uint8" else onnx.TensorProto.FLOAT)
     assert {o.version for o in model.opset_import if o.domain == ""} == {18}
+    if output == "uint8":  # TensorRT takes UINT8 only as a network input or output: the Cast must come last
+        for name in ("generator.onnx", "generator.fp16.onnx"):
+            last = onnx.load(str(exports[(kind, output)] / name)).graph.node[-1]
+            assert last.op_type == "Cast" and last.output[0] == "images", (name, last.op_type)
+            assert onnx.helper.get_attribute_value(last.attribute[0]) == onnx.TensorProto.UINT8
 
 
 def test_fp16_model_keeps_float32_io_and_stores_float16_weights(exports):
