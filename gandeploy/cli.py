@@ -90,11 +90,13 @@ def sample(
     n: int = typer.Option(64, "--n", min=1, max=4096, help="Number of images."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed: image k of a seed is the same whatever --n."),
     labels: Optional[str] = typer.Option(
-        None, "--labels", help="Class labels for conditional models: one, or a comma list of n (default: k % classes)."),
+        None, "--labels",
+        help="Class labels for conditional models: one, or a comma list of n (default: k % classes)."),
     out: str = typer.Option("grid.png", "--out", help="PNG file to write."),
     scale: int = typer.Option(2, "--scale", min=1, max=16, help="Enlarge pixels this many times in the PNG."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch, onnxruntime or tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (the FP16 ONNX or engine)."),
 ):
     """Write a grid of samples through the Sampler (the same images any backend and the server give)."""
     with _errors():
@@ -104,7 +106,7 @@ def sample(
         from .runtime import Sampler
 
         source = source if source is not None else latest_run()
-        with Sampler(source, backend=backend, device=device) as sampler:
+        with Sampler(source, backend=backend, device=device, precision=precision) as sampler:
             classes = sampler.config["num_classes"]
             try:
                 wanted = parse_labels(labels)
@@ -133,8 +135,24 @@ def export(
     out: Optional[str] = typer.Option(None, "--out", help="Export folder (default: exports/<run name>)."),
     triton: bool = typer.Option(
         False, "--triton", help="Also write a Triton model repository into triton/ beside the export folder."),
+    module: Optional[str] = typer.Option(
+        None, "--module", help="Your generator: PKG.MOD:NAME, a class or a function returning the nn.Module "
+                               "(imported from the working folder, as uvicorn does). Needs --weights, --latent-dim."),
+    arch: Optional[str] = typer.Option(
+        None, "--arch", help="A known architecture instead of --module: dcgan-tutorial (the PyTorch DCGAN "
+                             "tutorial's generator; sizes read from --weights)."),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", help="state_dict for --module/--arch: .safetensors, or .pth/.pt (read with "
+                                "torch.load(weights_only=True); a pickled whole module is refused)."),
+    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="--module: size of z the export takes."),
+    latent_shape: Optional[str] = typer.Option(
+        None, "--latent-shape", help="--module: the shape forward wants z in, e.g. 100,1,1 (default: latent-dim)."),
+    value_range: Optional[str] = typer.Option(
+        None, "--value-range", help="--module: range of its images, LO,HI (default -1,1)."),
+    classes: int = typer.Option(0, "--classes", min=0, help="--module: classes of a forward(z, labels) generator."),
 ):
-    """Export a trained generator to ONNX (FP32 + FP16) and TensorRT, checking every file against PyTorch."""
+    """Export a generator to ONNX (FP32 + FP16) and TensorRT, checking every file against PyTorch: a run of ours,
+    or your own module (--module or --arch, with --weights)."""
     with _errors("export"):
         from .export import ExportOptions
         from .export import export as run_export
@@ -142,7 +160,19 @@ def export(
 
         options = ExportOptions(onnx=onnx or not trt, trt=trt, fp16=fp16, opset=opset, min_batch=min_batch,
                                 opt_batch=opt_batch, max_batch=max_batch, output=output)
-        folder = run_export(source if source is not None else latest_run(), out, options, log=typer.echo)
+        if module or arch or weights:
+            from .export.module import export_files
+
+            if source is not None:
+                raise UserError(f"pass either a run or export folder ({source}) or --module/--arch with --weights")
+            if weights is None:
+                raise UserError("--weights FILE is required with --module or --arch")
+            folder = export_files(weights, out, module=module, arch=arch, latent_dim=latent_dim,
+                                  latent_shape=_number_list(latent_shape, "--latent-shape", int),
+                                  value_range=_number_list(value_range, "--value-range", float, 2),
+                                  num_classes=classes, options=options, log=typer.echo)
+        else:
+            folder = run_export(source if source is not None else latest_run(), out, options, log=typer.echo)
         if triton:
             from .export.triton import write_repository
 
@@ -216,7 +246,8 @@ def bench(
     fid_samples: Optional[int] = typer.Option(
         None, "--fid-samples", min=0,
         help="Images per FID (default: 10000 on a GPU, none on CPU, 100 with --quick; 0 = no FID)."),
-    real: str = typer.Option("mnist", "--real", help="Real data for FID: mnist (the bundled digits) or an image folder."),
+    real: str = typer.Option(
+        "mnist", "--real", help="Real data for FID: mnist (the bundled digits) or an image folder."),
     quick: bool = typer.Option(False, "--quick", help="Shorter timing windows and fewer parity samples."),
     out: Optional[str] = typer.Option(None, "--out", help="Report folder (default: bench/results/<name>)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
@@ -275,6 +306,19 @@ def serve(
                                max_images_per_request=max_images_per_request, timeout_s=timeout_s,
                                batching=batching, workers=workers, host=host, port=port)
         run_server(export_dir if export_dir is not None else latest_export(), options, log=typer.echo)
+
+
+def _number_list(text: str | None, flag: str, kind=int, count: int | None = None):
+    """'100,1,1' -> (100, 1, 1); None stays None."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag}: {text!r} is not a comma list of {kind.__name__}s") from None
+    if count is not None and len(values) != count:
+        raise UserError(f"{flag}: {text!r} needs exactly {count} numbers")
+    return values
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:

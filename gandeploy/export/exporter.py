@@ -3,6 +3,7 @@ the FP16 twin and check it, write the manifest, rename the folder into place; th
 
 from __future__ import annotations
 
+import os
 import platform
 import secrets
 import shutil
@@ -71,6 +72,15 @@ def export(source: str | Path, out: str | Path | None = None, options: ExportOpt
     generator, config = load_generator(folder)
     run_name = config.get("run_name") or (source.name if folder != source else source.parent.name)
     out = Path(out) if out is not None else Path("exports") / run_name
+    origin = {"generator": str(folder.resolve()), "step": config.get("step"),
+              "weights_sha256": mf.sha256(folder / "model.safetensors")}
+    return write_export(generator, config, run_name, out, options, origin, folder, log)
+
+
+def write_export(generator, config: dict, name: str, out: Path, options: ExportOptions, origin: dict,
+                 generator_folder: Path | None = None, log=print) -> Path:
+    """The export of a generator module `generator(z, labels)` that `config` describes: ONNX checked against it,
+    the FP16 twin, reference outputs, the PyTorch generator folder where there is one, and the manifest."""
     graph = ox.ExportGraph(generator, options.output, tuple(config["value_range"]))
     seed = secrets.randbelow(2**32)  # fresh latents for the checks, recorded for reproduction
     batches = ox.verification_batches(options.min_batch, options.opt_batch, options.max_batch)
@@ -82,20 +92,19 @@ def export(source: str | Path, out: str | Path | None = None, options: ExportOpt
                   "onnxruntime_fp32": _check_onnx(tmp / FP32_FILE, config, references, options.output, "fp32")}
         artifacts = {FP32_FILE: mf.describe(tmp / FP32_FILE, precision="fp32")}
         if options.fp16:
-            ox.convert_fp16(tmp / FP32_FILE, tmp / FP16_FILE)
-            ox.check_model(tmp / FP16_FILE)
-            parity["onnxruntime_fp16"] = _check_onnx(tmp / FP16_FILE, config, references, options.output, "fp16")
+            parity["onnxruntime_fp16"] = _fp16(tmp, config, references, options.output, log)
             artifacts[FP16_FILE] = mf.describe(tmp / FP16_FILE, precision="fp16")
-        # the PyTorch generator travels with the export: the torch backend and parity checks need no run folder
-        (tmp / GENERATOR_DIR).mkdir()
-        for name in ("config.json", "model.safetensors"):
-            shutil.copyfile(folder / name, tmp / GENERATOR_DIR / name)
-            artifacts[f"{GENERATOR_DIR}/{name}"] = mf.describe(tmp / GENERATOR_DIR / name)
+        if generator_folder is not None:
+            # the PyTorch generator travels with the export: the torch backend and parity need no run folder
+            (tmp / GENERATOR_DIR).mkdir()
+            for file in ("config.json", "model.safetensors"):
+                shutil.copyfile(generator_folder / file, tmp / GENERATOR_DIR / file)
+                artifacts[f"{GENERATOR_DIR}/{file}"] = mf.describe(tmp / GENERATOR_DIR / file)
         # reference outputs: what `gandeploy verify` checks every backend against, on the machine that serves
         refs = _references(graph, config, options.output)
         save_references(tmp / REFERENCE_FILE, refs)
         artifacts[REFERENCE_FILE] = mf.describe(tmp / REFERENCE_FILE)
-        manifest = _manifest(run_name, folder, config, options, artifacts, parity)
+        manifest = _manifest(name, origin, config, options, artifacts, parity)
         manifest["references"] = {"file": REFERENCE_FILE, "seed": 0, "count": len(refs.z),
                                   "labels": "k % num_classes" if config["num_classes"] else None,
                                   "reference": "torch fp32 (cpu)",
@@ -107,6 +116,53 @@ def export(source: str | Path, out: str | Path | None = None, options: ExportOpt
     return out
 
 
+def _fp16(tmp: Path, config: dict, references: dict, output: str, log) -> dict:
+    """The FP16 twin, with the nodes whose values overflow float16 on the check's latents kept in float32
+    (StyleGAN2 clamps activations for this reason; Real-ESRGAN users see black or NaN images without it)."""
+    feeds = [feeds for feeds, _ in references.values()]
+    keep = ox.overflowing_nodes(tmp / FP32_FILE, feeds)
+    ox.convert_fp16(tmp / FP32_FILE, tmp / FP16_FILE, keep=[k["node"] for k in keep])
+    ox.check_model(tmp / FP16_FILE)
+    figures = _check_onnx(tmp / FP16_FILE, config, references, output, "fp16")
+    if not keep:
+        return figures
+    # ONNX Runtime's CPU provider computes float16 graphs in float32, so overflow never shows there: judge the
+    # kept nodes, and what a plain conversion would have done, in float16 arithmetic (onnx.reference, numpy)
+    plain = tmp / ".plain.fp16.onnx"
+    ox.convert_fp16(tmp / FP32_FILE, plain)
+    try:
+        smallest = {min(references): references[min(references)]}
+        ours, without = (_check_reference_evaluator(path, config, smallest, output)
+                         for path in (tmp / FP16_FILE, plain))
+    finally:
+        plain.unlink(missing_ok=True)
+    figures["kept_fp32"] = keep
+    figures["float16_arithmetic"] = {"evaluator": "onnx.reference (numpy float16)", "batch": min(references),
+                                     "kept_fp32": ours, "plain_conversion": without}
+    names = ", ".join(f"{k['node']} ({k['op']}, |x| up to {k['max_abs']:.3g})" for k in keep)
+    log(f"FP16: kept {len(keep)} node(s) in float32, as their values overflow float16 (65504): {names}. In float16 "
+        f"arithmetic: with them kept {_line(ours, output)}, {'PASSED' if ours['passed'] else 'FAILED'}; plain "
+        f"conversion {_line(without, output)}, {'PASSED' if without['passed'] else 'FAILED'}")
+    if not ours["passed"]:
+        raise CheckFailed(f"{FP16_FILE} still loses the FP16 target in float16 arithmetic with {len(keep)} node(s) "
+                          f"kept in float32: {_line(ours, output)}; export with --no-fp16")
+    return figures
+
+
+def _check_reference_evaluator(path: Path, config: dict, references: dict, output: str) -> dict:
+    """Parity of an FP16 graph computed in float16 by the ONNX reference evaluator (slow: small batches only)."""
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(str(path))
+    pairs = []
+    with np.errstate(all="ignore"):  # overflow to inf and NaN is what this run is looking for
+        for b, (feeds, expected) in references.items():
+            pairs.append((b, expected, np.asarray(evaluator.run(None, feeds)[0]).astype(expected.dtype)))
+        figures = measure(pairs, output, "fp16", config["value_range"]).as_dict()
+    figures.pop("per_batch")
+    return {k: _json_number(v) for k, v in figures.items()}
+
+
 def _require_onnx_stack() -> None:
     import importlib.util
 
@@ -114,6 +170,11 @@ def _require_onnx_stack() -> None:
                if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"export needs {', '.join(missing)}; install them with pip install 'gandeploy[export]'")
+
+
+def _json_number(value):
+    """NaN and infinities (a broken FP16 graph's figures) as text: JSON has no spelling for them."""
+    return value if not isinstance(value, float) or np.isfinite(value) else str(value)
 
 
 def _torch_outputs(graph, config: dict, n: int, seed: int) -> tuple[dict, np.ndarray]:
@@ -132,7 +193,8 @@ def _references(graph, config: dict, output: str) -> References:
     return References(z, labels, _forward(graph, config, feeds), output)
 
 
-def _check_onnx(path: Path, config: dict, references: dict, output: str, precision: str) -> dict:
+def _check_onnx(path: Path, config: dict, references: dict, output: str, precision: str,
+                raise_on_fail: bool = True) -> dict:
     session = ox.session(path)
     pairs = []
     for b, (feeds, expected) in references.items():
@@ -142,7 +204,7 @@ def _check_onnx(path: Path, config: dict, references: dict, output: str, precisi
                               f"{expected.dtype}{expected.shape}")
         pairs.append((b, expected, got))
     parity = measure(pairs, output, precision, config["value_range"])
-    if not parity.passed:
+    if not parity.passed and raise_on_fail:
         raise CheckFailed(f"{path.name} does not match PyTorch: {parity.line()} (needs {parity.tolerance})")
     figures = {**parity.as_dict(), "provider": "CPUExecutionProvider", "reference": "torch fp32 (cpu)"}
     if precision == "fp16":
@@ -156,7 +218,7 @@ def _line(figures: dict, kind: str) -> str:
     return Parity(kind, **{k: figures[k] for k in keys}).line()
 
 
-def _manifest(name: str, folder: Path, config: dict, options: ExportOptions, artifacts: dict, parity: dict) -> dict:
+def _manifest(name: str, origin: dict, config: dict, options: ExportOptions, artifacts: dict, parity: dict) -> dict:
     import onnx
     import onnxconverter_common
     import onnxruntime
@@ -177,8 +239,7 @@ def _manifest(name: str, folder: Path, config: dict, options: ExportOptions, art
                    "float32", "shape": image, "layout": "NHWC" if options.output == "uint8" else "NCHW"},
         "batch": {"min": options.min_batch, "opt": options.opt_batch, "max": options.max_batch},
         "opset": options.opset, "artifacts": artifacts, "engines": [], "parity": parity,
-        "source": {"generator": str(folder.resolve()), "step": c.get("step"),
-                   "weights_sha256": mf.sha256(folder / "model.safetensors")},
+        "source": origin,
         "versions": {"gandeploy": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "onnxconverter_common": onnxconverter_common.__version__, "numpy": np.__version__},
@@ -216,22 +277,29 @@ def add_engine(folder: str | Path, options: ExportOptions | None = None, log=pri
     shapes = {spec["name"]: tuple(tuple([n] + spec["shape"][1:]) for n in (b["min"], b["opt"], b["max"]))
               for spec in manifest["inputs"]}
     fp16_onnx = folder / FP16_FILE if (folder / FP16_FILE).is_file() else None
-    meta = trt.build_engine(folder / FP32_FILE, fp16_onnx, folder, shapes=shapes, precision=precision,
-                            workspace_gib=options.workspace_gib, timing_cache=folder.parent / ".trt-timing-cache")
-    engine = trt.load_engine(folder / meta["file"])
-    session = ox.session(folder / FP32_FILE)
-    kind = manifest["output"]["kind"]
-    pairs = []
-    for n in ox.verification_batches(b["min"], b["opt"], b["max"]):
-        feeds = ox.example_inputs(config, n, manifest["parity"]["seed"] + n)
-        pairs.append((n, session.run(None, feeds)[0], trt.run_engine(engine, feeds)["images"]))
-    parity = measure(pairs, kind, precision, config["value_range"])
-    if not parity.passed:
-        (folder / meta["file"]).unlink(missing_ok=True)
-        raise CheckFailed(f"{meta['file']} does not match ONNX Runtime: {parity.line()} (needs {parity.tolerance})")
-    figures = {**parity.as_dict(), "reference": "onnxruntime fp32 (cpu)"}
-    meta["parity"] = figures
-    manifest["engines"] = [e for e in manifest["engines"] if e["file"] != meta["file"]] + [meta]
-    atomic_write_text(folder / "manifest.json", mf.dumps(manifest))
+    # built and checked beside the export, then moved in with the manifest: a failed or interrupted rebuild leaves
+    # the engine that was there, and a manifest that matches it
+    staging = folder / f".tmp-engine-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        meta = trt.build_engine(folder / FP32_FILE, fp16_onnx, staging, shapes=shapes, precision=precision,
+                                workspace_gib=options.workspace_gib, timing_cache=folder.parent / ".trt-timing-cache")
+        engine = trt.load_engine(staging / meta["file"])
+        session = ox.session(folder / FP32_FILE)
+        kind = manifest["output"]["kind"]
+        pairs = []
+        for n in ox.verification_batches(b["min"], b["opt"], b["max"]):
+            feeds = ox.example_inputs(config, n, manifest["parity"]["seed"] + n)
+            pairs.append((n, session.run(None, feeds)[0], trt.run_engine(engine, feeds)["images"]))
+        parity = measure(pairs, kind, precision, config["value_range"])
+        if not parity.passed:
+            raise CheckFailed(f"{meta['file']} does not match ONNX Runtime: {parity.line()} (needs "
+                              f"{parity.tolerance}); the export keeps what it had")
+        meta["parity"] = {**parity.as_dict(), "reference": "onnxruntime fp32 (cpu)"}
+        manifest["engines"] = [e for e in manifest["engines"] if e["file"] != meta["file"]] + [meta]
+        os.replace(staging / meta["file"], folder / meta["file"])
+        atomic_write_text(folder / "manifest.json", mf.dumps(manifest))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     log(summary(folder, manifest))
     return meta

@@ -72,14 +72,38 @@ def export_onnx(graph: ExportGraph, config: dict, path: Path, opset: int = DEFAU
         root = e.__cause__ or e
         lines = [line.strip() for line in str(root).splitlines() if line.strip()]
         reason = lines[-1] if lines else type(root).__name__
-        raise UserError(f"--opset {opset}: torch {torch.__version__} could not export this generator ({reason}); "
-                        f"use --opset {DEFAULT_OPSET} (the default)") from None
+        if opset != DEFAULT_OPSET:
+            raise UserError(f"--opset {opset}: torch {torch.__version__} could not export this generator "
+                            f"({reason}); use --opset {DEFAULT_OPSET} (the default)") from None
+        raise UserError(f"torch {torch.__version__} could not export this generator: {type(root).__name__}: "
+                        f"{reason[:300]}; {_export_hint(str(root))}") from None
     # the exporter converts to an older opset when it can, and otherwise keeps its own quietly: say so
     actual = next((o.version for o in program.model_proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if actual != opset:
         raise UserError(f"--opset {opset}: torch {torch.__version__} cannot export this generator to opset {opset} "
                         f"(it produced opset {actual}); use --opset {DEFAULT_OPSET} (the default)")
+    random = [n for n in program.model_proto.graph.node if n.op_type in RANDOM_OPS]
+    if random:
+        raise UserError(f"the generator draws random numbers inside forward ({random[0].op_type} at node "
+                        f"{random[0].name!r}): the export would bake in noise that no seed controls; pass the noise "
+                        f"as part of z (a larger --latent-dim) or make it a buffer")
     program.save(str(path), external_data=False)
+
+
+RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def _export_hint(error: str) -> str:
+    """What to do, for the kinds of module torch.export cannot trace."""
+    text = error.lower()
+    if "autograd.function" in text or ("custom" in text and "function" in text):
+        return "a custom autograd Function needs a forward written in plain torch ops for export"
+    if "data-dependent" in text or "guardondatadependent" in text or "could not guard" in text:
+        return ("forward branches on tensor values (data-dependent control flow): make the branch depend on "
+                "shapes or constants, or use torch.cond")
+    if "no fake impl" in text or "abstract impl" in text or "register_fake" in text or "extension" in text:
+        return "a compiled extension op needs a reference implementation in torch ops (or a torch.library fake)"
+    return "rewrite that part of forward in standard torch ops, then export again"
 
 
 @contextlib.contextmanager
@@ -105,19 +129,59 @@ def check_model(path: Path) -> None:
         raise UserError(f"{path} is not a valid ONNX model ({first}); re-run gandeploy export") from None
 
 
-def convert_fp16(src: Path, dst: Path) -> None:
+def convert_fp16(src: Path, dst: Path, keep=()) -> None:
     """Mixed precision with float32 inputs and outputs (onnxconverter-common: a pure graph rewrite that runs on
     any machine; ModelOpt AutoCast would need the CUDA stack). The uint8 post-processing stays float32: in float16,
-    values near 255 are spaced 0.125 apart, enough to move a pixel across a rounding boundary."""
+    values near 255 are spaced 0.125 apart, enough to move a pixel across a rounding boundary. `keep` names more
+    nodes to leave in float32 (see `overflowing_nodes`)."""
     import onnx
     from onnxconverter_common import float16
 
     model = onnx.load(str(src))
-    keep = _post_processing_nodes(model)
+    block = _post_processing_nodes(model) + [name for name in keep]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns about values clipped to the float16 range; parity checks those
-        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
+        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
     onnx.save(half, str(dst))
+
+
+FLOAT16_MAX = 65504.0
+
+
+def overflowing_nodes(path: Path, feeds: list[dict]) -> list[dict]:
+    """Nodes of an FP32 ONNX that read or write a float value beyond float16's range (|x| > 65504) on any of
+    `feeds`: in float16 those values become inf, and inf becomes NaN or a saturated image downstream. Each comes
+    with its op and the largest |value| seen (ModelOpt AutoCast decides by the same kind of threshold)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    floats = {v.name for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    floats |= {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    declared = {o.name for o in model.graph.output}
+    watched = [name for node in model.graph.node for name in node.output if name in floats and name not in declared]
+    for name in watched:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph's own tensors
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    largest: dict[str, float] = {}
+    for feed in feeds:
+        for name, value in zip(names, session.run(None, feed)):
+            if name in floats and value.size:
+                largest[name] = max(largest.get(name, 0.0), float(np.max(np.abs(value))))
+    for t in model.graph.initializer:  # weights too large for float16 are clipped by the converter
+        if t.name in floats:
+            largest[t.name] = float(np.max(np.abs(onnx.numpy_helper.to_array(t)))) if np.prod(t.dims) else 0.0
+    kept = []
+    for node in model.graph.node:
+        seen = [largest.get(name, 0.0) for name in (*node.input, *node.output) if name]
+        if seen and max(seen) > FLOAT16_MAX:
+            kept.append({"node": node.name, "op": node.op_type, "max_abs": max(seen), "why": "overflows float16"})
+    return kept
 
 
 def _post_processing_nodes(model) -> list[str]:

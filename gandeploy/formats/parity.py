@@ -1,5 +1,5 @@
-"""Paired parity, defined once: the same inputs through a reference and a candidate, the figures docs/layers.md and the design notes name
-(max and mean absolute error, share of uint8 pixels that differ, PSNR) and the stated tolerances. Export, the
+"""Paired parity, defined once: the same inputs through a reference and a candidate, the figures the design notes
+name (max and mean absolute error, share of uint8 pixels that differ, PSNR) and the stated tolerances. Export, the
 TensorRT build, `gandeploy verify` and the bench all judge through `measure`."""
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import numbers
+import threading
 import warnings
 from concurrent.futures import Future
 from pathlib import Path
@@ -57,11 +58,15 @@ class Sampler:
         self.path = Path(path)
         self.source = _open_source(self.path)
         self.manifest, self.config = self.source.manifest, self.source.config
-        self.backend, device, why = self._open(backend, device, precision, options)
         limit = self.manifest["batch"]["max"] if self.manifest else 256
         self.max_batch = int(max_batch or limit)
-        if self.max_batch < 1 or (self.backend.name == "tensorrt" and self.max_batch > limit):
+        if self.max_batch < 1 or (backend == "tensorrt" and self.max_batch > limit):
             raise SamplerError(f"max_batch {self.max_batch} must be between 1 and {limit} for this backend")
+        self.backend, device, why = self._open(backend, device, precision, options)
+        if self.backend.name == "tensorrt" and self.max_batch > limit:  # auto chose TensorRT: its profile's limit
+            self.max_batch = limit
+        self._lock = threading.Lock()  # guards the batching front's creation and close
+        self._closed = False
         self.max_images = max_images
         self.output_kind = "uint8" if "uint8" in self.backend.kinds else "float"
         self._dim, self._classes = self.config["latent_dim"], self.config["num_classes"]
@@ -77,13 +82,20 @@ class Sampler:
     def _open(self, backend: str, device: str, precision: str, options: dict):
         """(backend, device, why): the one asked for, or the first of backends.AUTO that loads here."""
         if backend != "auto":
-            if device == "auto":  # the backend's own device kind where this machine has none of it (said on load)
-                device = resolve_device("auto")
-                kinds = backends.REGISTRY[backend].devices
-                device = device if device in kinds else kinds[0]
-            else:
+            if device != "auto":
                 device = resolve_device(device)
-            return backends.load(backend, self.source, device, precision, options), device, "asked for"
+                return backends.load(backend, self.source, device, precision, options), device, "asked for"
+            # device auto: the backend's device kinds, GPU first where the driver shows one; the first that loads
+            kinds = backends.REGISTRY[backend].devices
+            order = [k for k in ("cuda", "cpu") if k in kinds and (k == "cpu" or "cuda" == resolve_device("auto"))]
+            order = order or [kinds[0]]  # none here (TensorRT without a GPU): its loader says why
+            first = None
+            for kind in order:
+                try:
+                    return backends.load(backend, self.source, kind, precision, options), kind, "asked for"
+                except backends.BackendUnavailable as e:
+                    first = first or e
+            raise first
         asked = device.split(":")[0]
         if asked != "auto":
             device = resolve_device(device)  # an explicit device keeps auto to the backends that run there
@@ -102,6 +114,8 @@ class Sampler:
             why = "first that runs here" + (f" (skipped {'; '.join(reasons)})" if reasons else "")
             if reasons and name != "tensorrt" and any("cannot load TensorRT engine" in r for r in reasons):
                 warnings.warn(f"gandeploy Sampler fell back to {name}: {reasons[0]}", stacklevel=3)
+            elif name == "torch" and self.manifest is not None:  # an export should not need the training stack
+                warnings.warn(f"gandeploy Sampler runs {self.path} on PyTorch: {'; '.join(reasons)}", stacklevel=3)
             return made, where, why
         raise SamplerError(f"no backend can run {self.path} here: {'; '.join(reasons)}")
 
@@ -169,10 +183,15 @@ class Sampler:
         full."""
         z = self.latents(n, seed)
         labels = self.check_labels(labels, n)
-        if self._front is None:
-            self._front = BatchingFront(lambda zz, ll: self._run(zz, ll, "uint8"), self.max_batch,
-                                        **self._front_settings)
-        return self._front.submit(z, labels)
+        front = self._front
+        if front is None:
+            with self._lock:
+                self._check_open()
+                if self._front is None:
+                    self._front = BatchingFront(lambda zz, ll: self._run(zz, ll, "uint8"), self.max_batch,
+                                                **self._front_settings)
+                front = self._front
+        return front.submit(z, labels)
 
     @property
     def queued(self) -> int:
@@ -184,10 +203,19 @@ class Sampler:
         return await asyncio.wrap_future(self.submit(n, seed, labels))
 
     def close(self) -> None:
-        if self._front is not None:
-            self._front.close()
-            self._front = None
+        """Finish the batches in flight, then free the backend; calls after this raise SamplerError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            front, self._front = self._front, None
+        if front is not None:
+            front.close()
         self.backend.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SamplerError(f"this Sampler of {self.path} is closed; make a new one")
 
     def __enter__(self) -> "Sampler":
         return self
@@ -198,6 +226,8 @@ class Sampler:
     # ---- internals ------------------------------------------------------------------------------------------------
 
     def _run(self, z: np.ndarray, labels: np.ndarray | None, kind: str) -> np.ndarray:
+        if self._closed:
+            self._check_open()
         native = kind if kind in self.backend.kinds else self.output_kind
         if len(z) <= self.max_batch:  # the common case: one backend call
             out = self.backend.run(z, labels, native)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..formats.manifest import FP16_FILE, load_export
+from ..formats.manifest import FP16_FILE, GENERATOR_DIR, load_export
 from ..formats.parity import Parity, measure
 from ..formats.references import load_references
 from . import backends
@@ -26,17 +26,20 @@ class Check:
     precision: str
     device: str
     parity: Parity | None = None  # None: skipped
-    reason: str = ""  # why it was skipped
+    reason: str = ""  # why it was skipped, or could not run
     provider: str = ""
+    failed: bool = False  # could not run for a reason that fails the export here (an engine that does not load)
 
     @property
     def status(self) -> str:
-        return "SKIPPED" if self.parity is None else ("PASSED" if self.parity.passed else "FAILED")
+        if self.parity is None:
+            return "FAILED" if self.failed else "SKIPPED"
+        return "PASSED" if self.parity.passed else "FAILED"
 
     def line(self) -> str:
         what = f"{self.backend} {self.precision} on {self.device}"
         if self.parity is None:
-            return f"{'SKIPPED':<7}  {what}: {self.reason}"
+            return f"{self.status:<7}  {what}: {self.reason}"
         via = f" [{self.provider}]" if self.provider and self.provider != self.device else ""
         return f"{self.status:<7}  {what}{via}: {self.parity.line()} ({self.parity.tolerance})"
 
@@ -47,7 +50,7 @@ def _has(manifest: dict, backend: str, precision: str) -> bool:
         return precision == "fp32" or FP16_FILE in manifest["artifacts"]
     if backend == "tensorrt":
         return any(e["precision"] == precision for e in manifest.get("engines", []))
-    return True
+    return f"{GENERATOR_DIR}/config.json" in manifest["artifacts"]  # torch: exports of a user's module have none
 
 
 def verify(export_dir: str | Path, backend: str | None = None, precision: str | None = None,
@@ -75,13 +78,18 @@ def verify(export_dir: str | Path, backend: str | None = None, precision: str | 
                 if backend and precision:
                     raise UserError(f"{export_dir} has nothing for {name} {prec}; see `gandeploy export --help`")
                 continue
-            for dev in devices:
-                if dev.split(":")[0] not in entry.devices:
-                    if backend and device != "auto":
-                        raise UserError(f"{name} runs on {' or '.join(entry.devices)}, not on {dev}")
-                    continue
-                checks.append(_check(export_dir, refs, manifest, name, prec, dev, named=bool(backend)))
-    if not any(c.parity is not None for c in checks):
+            usable = [dev for dev in devices if dev.split(":")[0] in entry.devices]
+            if not usable:
+                if backend and device != "auto":
+                    raise UserError(f"{name} runs on {' or '.join(entry.devices)}, not on {device}")
+                checks.append(Check(name, prec, "/".join(entry.devices), reason=f"{name} needs a CUDA GPU and the "
+                                    f"driver shows none here; run verify on the machine that will serve"))
+                continue
+            for dev in usable:
+                # a backend that cannot run here is a SKIPPED line, unless both it and the device were named
+                checks.append(_check(export_dir, refs, manifest, name, prec, dev,
+                                     named=bool(backend) and device != "auto"))
+    if not any(c.parity is not None or c.failed for c in checks):
         reasons = "; ".join(f"{c.backend} {c.precision}: {c.reason}" for c in checks) or "nothing matched"
         raise UserError(f"no backend could run {export_dir} here ({reasons})")
     return checks
@@ -94,6 +102,10 @@ def _check(export_dir, refs, manifest, name, precision, device, named: bool) -> 
         if named:
             raise
         return Check(name, precision, device, reason=str(e).splitlines()[0])
+    except UserError as e:  # an engine this TensorRT/GPU cannot load: the export fails here, whatever was named
+        if type(e).__name__ != "EngineMismatch":
+            raise
+        return Check(name, precision, device, reason=str(e).splitlines()[0], failed=True)
     with sampler:
         got = []
         start = 0

@@ -125,9 +125,9 @@ class Service:
 
     def close(self) -> None:
         self.ready = False
+        self.runners.shutdown(wait=True)  # unbatched requests still queued finish on a live backend
         self.sampler.close()
         self.pool.shutdown(wait=True)
-        self.runners.shutdown(wait=True)
 
     # ---- requests -----------------------------------------------------------------------------------------------
 

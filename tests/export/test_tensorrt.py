@@ -214,7 +214,8 @@ def _manifest(engines=(), kind="float"):
 
 def test_loader_names_the_missing_engine_before_anything_else(tmp_path):
     source = Source(tmp_path, _manifest(), {})
-    with pytest.raises(BackendUnavailable, match="has no fp32 TensorRT engine; gandeploy export .* --trt"):
+    with pytest.raises(BackendUnavailable,
+                       match="has no fp32 TensorRT engine; build one with gandeploy export .* --trt --no-fp16"):
         backend.load(source, "cpu", "fp32")
     with pytest.raises(BackendUnavailable, match="needs an export folder"):
         backend.load(Source(tmp_path, None, {}), "cuda", "fp32")

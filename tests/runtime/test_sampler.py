@@ -189,3 +189,55 @@ def test_auto_picks_what_runs_here_and_says_why(exports, tiny_run, tmp_path):
         Sampler(exports["uint8"], max_queue=3)  # batching settings belong to batching()
     with pytest.raises(ValueError, match="device 'gpu': expected auto, cpu or cuda"):
         Sampler(exports["uint8"], device="gpu")
+
+
+def test_closed_sampler_and_racing_first_submits(exports):
+    sampler = Sampler(exports["uint8"], backend="onnxruntime")
+    barrier, futures = threading.Barrier(8), []
+
+    def first_submit():
+        barrier.wait()
+        futures.append(sampler.submit(1, seed=3))
+
+    threads = [threading.Thread(target=first_submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = sampler.sample(1, seed=3)
+    for future in futures:
+        np.testing.assert_array_equal(future.result(timeout=30), expected)
+    front_threads = [t for t in threading.enumerate() if t.name.startswith("gandeploy-batcher")]
+    assert len(front_threads) == 1  # one front however many threads raced to make it
+    sampler.close()
+    sampler.close()  # twice is fine
+    assert not any(t.name.startswith("gandeploy-batcher") for t in threading.enumerate())
+    for call in (lambda: sampler.sample(1, 0), lambda: sampler.submit(1, 0)):
+        with pytest.raises(SamplerError, match="is closed; make a new one"):
+            call()
+
+
+def test_an_engine_of_the_other_precision_is_named(exports, tmp_path):
+    """An export whose only engine is FP16 (what `export --trt` builds): asking for fp32 says how to get either.
+    The engine file is stand-in bytes, never loaded: the loader refuses before it reads it."""
+    import json
+    import shutil
+
+    from gandeploy.formats.files import sha256
+    from gandeploy.runtime.verify import verify
+
+    folder = tmp_path / "with-engine"
+    shutil.copytree(exports["uint8"], folder)
+    plan = folder / "generator.nvidia-l4.sm89.trt10.13.0.fp16.plan"
+    plan.write_bytes(b"stand-in bytes, not an engine")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["engines"] = [{"file": plan.name, "precision": "fp16", "compute_capability": "8.9",
+                            "tensorrt_version": "10.13.0", "size": plan.stat().st_size, "sha256": sha256(plan)}]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BackendUnavailable, match=r"has no fp32 TensorRT engine \(it has fp16: pass "
+                                                 r"precision='fp16'.*--trt --no-fp16"):
+        Sampler(folder, backend="tensorrt")
+    if not cuda_device_count():  # the engine is listed, not silently left out
+        lines = [c.line() for c in verify(folder) if c.backend == "tensorrt"]
+        assert lines == ["SKIPPED  tensorrt fp16 on cuda: tensorrt needs a CUDA GPU and the driver shows none here; "
+                         "run verify on the machine that will serve"]

@@ -31,7 +31,6 @@ try:
     Sampler({str(exports["uint8"])!r}, backend="torch")
 except BackendUnavailable as e:
     print("torch backend:", e)
-assert sys.modules["torch"] is None
 print("heavy modules:", sorted(m for m in ("onnx", "safetensors", "gandeploy.train", "gandeploy.nets",
                                             "gandeploy.export", "gandeploy.artifacts") if m in sys.modules))
 """

@@ -81,5 +81,13 @@ def load(name: str, source: Source, device: str, precision: str, options: dict |
         module = importlib.import_module(entry.module)
     except ImportError as e:
         raise BackendUnavailable(f"{name} is not installed here ({e}); {entry.install}") from None
+    except OSError as e:  # a library that is there but cannot load (a CUDA library missing, say)
+        raise BackendUnavailable(f"{name} is installed but does not load ({e}); {entry.install}") from None
     own = {k: v for k, v in (options or {}).items() if k in entry.options and v is not None}
-    return module.load(source, device, precision, **own)
+    try:
+        return module.load(source, device, precision, **own)
+    except UserError:
+        raise
+    except (OSError, RuntimeError) as e:  # the library failed to start (device memory, a driver error)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BackendUnavailable(f"{name} could not start on {device}: {type(e).__name__}: {first}") from None

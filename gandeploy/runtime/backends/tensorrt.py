@@ -373,8 +373,12 @@ def load(source: Source, device: str, precision: str, streams: int = 2) -> Tenso
                                  f"--trt)")
     engines = [e for e in source.manifest.get("engines", []) if e.get("precision") == precision]
     if not engines:
-        raise BackendUnavailable(f"{source.path} has no {precision} TensorRT engine; gandeploy export "
-                                 f"{source.path} --trt")
+        other = sorted({e.get("precision") for e in source.manifest.get("engines", [])} - {precision})
+        has = f" (it has {', '.join(other)}: pass precision='{other[0]}', --precision {other[0]} on the CLI)" \
+            if other else ""
+        build = "--trt" if precision == "fp16" else "--trt --no-fp16"
+        raise BackendUnavailable(f"{source.path} has no {precision} TensorRT engine{has}; build one with "
+                                 f"gandeploy export {source.path} {build}")
     if not device.startswith("cuda"):
         raise BackendUnavailable(f"TensorRT runs on CUDA devices, not on {device}")
     reason = availability()
@@ -493,7 +497,9 @@ class TensorRTBackend:
             self.pool.put(slot)
 
     def close(self) -> None:
-        slots, self.slots, self.pool = self.slots, [], queue.Queue()
+        slots, self.slots = self.slots, []
+        for _ in slots:  # wait for the runs in flight: every slot back in the pool before any memory is freed
+            self.pool.get()
         problems = [p for p in (slot.free() for slot in slots) if p]
         self.engine = None
         if problems:

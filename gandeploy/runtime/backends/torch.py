@@ -19,6 +19,11 @@ def load(source: Source, device: str, precision: str, compile: bool = False,
         raise BackendUnavailable(f"this torch {torch.__version__} cannot use {device} (CUDA build: "
                                  f"{torch.version.cuda or 'none'}); install a CUDA build of torch, or use cpu")
     folder = source.path / GENERATOR_DIR if source.manifest else generator_dir(source.path)
+    if source.manifest and not (folder / "config.json").is_file():
+        made = source.manifest.get("source", {})
+        where = made.get("module") or made.get("arch") or "a module"
+        raise BackendUnavailable(f"{source.path} carries no PyTorch generator (it was exported from {where}); run it "
+                                 f"on onnxruntime or tensorrt")
     return TorchBackend(folder, device, precision, compile, micro_batch)
 
 

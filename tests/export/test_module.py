@@ -1,0 +1,168 @@
+"""Bring your own generator: export, verify and sample PyTorch generators gandeploy did not train."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import user_generators as ug
+from conftest import cli
+from gandeploy import Sampler
+from gandeploy.errors import UserError
+from gandeploy.export import ExportOptions, export_module
+from gandeploy.formats.images import to_uint8
+from gandeploy.latents import latents
+from gandeploy.runtime.verify import verify
+
+HERE = Path(__file__).resolve().parent
+SMALL = ["--max-batch", "16", "--opt-batch", "8"]
+QUIET = dict(log=lambda _: None)
+
+
+def small():
+    return ExportOptions(max_batch=16, opt_batch=8)
+
+
+def module_images(module, z, labels=None, value_range=(-1.0, 1.0), latent_shape=None) -> np.ndarray:
+    with torch.inference_mode():
+        zt = torch.from_numpy(z).reshape(len(z), *(latent_shape or z.shape[1:]))
+        x = module(zt) if labels is None else module(zt, torch.from_numpy(labels))
+    return to_uint8(x.numpy(), value_range)
+
+
+def within_one_level(a, b):
+    return np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@pytest.fixture
+def user_folder(tmp_path, monkeypatch):
+    """A working folder holding the user's own module file, as `gandeploy export --module mynets:...` expects."""
+    shutil.copy(HERE / "user_generators.py", tmp_path / "mynets.py")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the CLI puts the working folder first; undo it after
+    monkeypatch.delitem(sys.modules, "mynets", raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("data_parallel", [False, True])
+def test_dcgan_tutorial_by_its_weights_alone(user_folder, data_parallel):
+    module = ug.randomize(ug.TutorialGenerator(1, nz=16, ngf=8, nc=3))
+    state = module.state_dict()
+    if data_parallel:  # what torch.save(nn.DataParallel(netG).state_dict()) gives
+        state = {f"module.{k}": v for k, v in state.items()}
+    torch.save(state, user_folder / "netG.pth")
+    code, output = cli("export", "--arch", "dcgan-tutorial", "--weights", "netG.pth", *SMALL)
+    assert code == 0, output
+    folder = user_folder / "exports" / "netG"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["generator"]["family"] == "dcgan" and manifest["generator"]["latent_dim"] == 16
+    assert manifest["source"]["arch"] == "dcgan-tutorial" and len(manifest["source"]["weights_sha256"]) == 64
+    z = latents(3, 12, 16)
+    expected = module_images(module, z, latent_shape=(16, 1, 1))
+    for backend in ("onnxruntime", "torch"):  # mapped onto our DCGAN family: the torch backend runs it too
+        with Sampler(folder, backend=backend) as sampler:
+            assert sampler.sample(12, seed=3).shape == (12, 64, 64, 3)
+            assert within_one_level(sampler.sample(12, seed=3), expected)
+    assert all(c.parity.passed for c in verify(folder) if c.parity is not None)
+    code, output = cli("sample", str(folder), "--n", "4", "--out", "g.png")
+    assert code == 0 and (user_folder / "g.png").is_file()
+
+
+def test_your_module_through_the_cli(user_folder):
+    module = ug.randomize(ug.small_tutorial(), seed=2)
+    save_file(module.state_dict(), str(user_folder / "g.safetensors"))
+    code, output = cli("export", "--module", "mynets:small_tutorial", "--weights", "g.safetensors",
+                       "--latent-dim", "16", "--latent-shape", "16,1,1", "--out", "exports/mine", *SMALL)
+    assert code == 0, output
+    folder = user_folder / "exports" / "mine"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["source"]["module"] == "mynets:small_tutorial" and manifest["generator"]["family"] == "module"
+    with Sampler(folder, backend="onnxruntime") as sampler:
+        assert within_one_level(sampler.sample(10, seed=1), module_images(module, latents(1, 10, 16),
+                                                                          latent_shape=(16, 1, 1)))
+    with pytest.raises(ValueError, match="carries no PyTorch generator .*mynets:small_tutorial"):
+        Sampler(folder, backend="torch")
+    code, output = cli("verify", str(folder))
+    assert code == 0 and "PASSED   onnxruntime fp32" in output and "torch" not in output
+    # the same weights under the wrong shape, a missing module, a class that needs arguments
+    code, output = cli("export", "--module", "mynets:small_tutorial", "--weights", "g.safetensors",
+                       "--latent-dim", "16", "--out", "exports/x")
+    assert code == 2 and "the module failed on latents of shape (2, 16)" in output
+    code, output = cli("export", "--module", "nothere:G", "--weights", "g.safetensors", "--latent-dim", "16")
+    assert code == 2 and "cannot import nothere" in output
+    code, output = cli("export", "--module", "mynets:Overflowing", "--weights", "g.safetensors", "--latent-dim", "8")
+    assert code == 2 and "the weights do not fit: 'fc.weight' is missing" in output
+
+
+@pytest.mark.parametrize("case", ["conditional", "mlp_0_1", "large_128"])
+def test_your_module_through_the_python_api(case, tmp_path):
+    if case == "conditional":
+        module, dim, shape, value_range, classes = ug.randomize(ug.ConditionalGenerator()), 8, None, (-1, 1), 5
+    elif case == "mlp_0_1":
+        module, dim, shape, value_range, classes = ug.randomize(ug.MLPGenerator()), 10, None, (0.0, 1.0), 0
+    else:
+        module, dim, shape, value_range, classes = ug.randomize(ug.Large()), 8, (8, 1, 1), (-1, 1), 0
+    folder = export_module(module, tmp_path / case, latent_dim=dim, latent_shape=shape, value_range=value_range,
+                           num_classes=classes, options=small(), **QUIET)
+    z = latents(5, 9, dim)
+    labels = np.arange(9, dtype=np.int64) % classes if classes else None
+    with Sampler(folder, backend="onnxruntime") as sampler:
+        got = sampler.sample(9, seed=5, labels=labels)
+    assert within_one_level(got, module_images(module, z, labels, value_range, shape))
+    assert all(c.parity.passed for c in verify(folder) if c.parity is not None)
+
+
+def test_fp16_keeps_the_overflowing_nodes_in_float32(tmp_path):
+    lines = []
+    folder = export_module(ug.Overflowing(), tmp_path / "o", latent_dim=8, options=small(), log=lines.append)
+    fp16 = json.loads((folder / "manifest.json").read_text())["parity"]["onnxruntime_fp16"]
+    kept = fp16["kept_fp32"]
+    assert kept and all(k["max_abs"] > 65504 and k["why"] == "overflows float16" for k in kept)
+    assert {k["op"] for k in kept} >= {"Mul", "Relu"}
+    arithmetic = fp16["float16_arithmetic"]  # ONNX Runtime's CPU provider computes float16 graphs in float32
+    assert arithmetic["kept_fp32"]["passed"] and not arithmetic["plain_conversion"]["passed"]
+    assert fp16["passed"]
+    note = next(line for line in lines if line.startswith("FP16: kept"))
+    assert "plain conversion max |err|" in note and note.endswith("FAILED") and "PASSED; plain" in note
+    with Sampler(folder, backend="onnxruntime", precision="fp16") as half, \
+            Sampler(folder, backend="onnxruntime") as full:
+        assert np.abs(half.sample(8, 0).astype(int) - full.sample(8, 0).astype(int)).max() <= 2
+
+
+def test_a_pickled_module_is_refused_and_never_run(user_folder):
+    marker = user_folder / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"main.0.weight": Payload()}, user_folder / "evil.pth")
+    torch.save(ug.small_tutorial(), user_folder / "whole.pth")  # torch.save(netG): the whole module, pickled
+    for file in ("evil.pth", "whole.pth"):
+        code, output = cli("export", "--arch", "dcgan-tutorial", "--weights", file)
+        assert code == 2 and "holds pickled Python objects" in output and "state_dict()" in output, output
+    assert not marker.exists()
+    torch.save({"main.0.weight": torch.zeros(16, 64, 4, 4)}, user_folder / "partial.pth")
+    code, output = cli("export", "--arch", "dcgan-tutorial", "--weights", "partial.pth")
+    assert code == 2 and "'main.12.weight' is missing" in output
+    wrong = ug.small_tutorial().state_dict()
+    wrong["main.3.weight"] = torch.zeros(64, 16, 4, 4)
+    torch.save(wrong, user_folder / "wrong.pth")
+    code, output = cli("export", "--arch", "dcgan-tutorial", "--weights", "wrong.pth")
+    assert code == 2 and "'main.3.weight' has shape (64, 16, 4, 4), the module wants (64, 32, 4, 4)" in output
+
+
+@pytest.mark.parametrize("module, message", [
+    (ug.Noisy(), "draws random numbers inside forward"),
+    (ug.Branchy(), "could not export this generator"),
+])
+def test_what_cannot_be_exported_says_why(module, message, tmp_path):
+    with pytest.raises(UserError, match=message) as caught:
+        export_module(module, tmp_path / "x", latent_dim=8, options=small(), **QUIET)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,125 @@
+"""Generators as users write them, outside gandeploy: the PyTorch DCGAN tutorial's (its code, its names), a
+class-conditional one taking (z, labels), an MLP with images in (0, 1), a 128x128 one, one made to overflow float16,
+and two that torch.export cannot take as they are."""
+
+import torch
+from torch import nn
+
+
+class TutorialGenerator(nn.Module):
+    """pytorch.org/tutorials/beginner/dcgan_faces_tutorial.html, as written there (ngpu kept)."""
+
+    def __init__(self, ngpu=1, nz=100, ngf=64, nc=3):
+        super().__init__()
+        self.ngpu = ngpu
+        self.main = nn.Sequential(
+            nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 8), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh())
+
+    def forward(self, input):
+        return self.main(input)
+
+
+def small_tutorial():
+    """What a user points --module at when the class needs arguments."""
+    return TutorialGenerator(1, nz=16, ngf=8, nc=3)
+
+
+def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and BatchNorm running statistics away from their defaults, so folding them is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d, nn.Linear)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.1)
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+    return module.eval()
+
+
+class ConditionalGenerator(nn.Module):
+    """forward(z, labels): a label embedding concatenated to z, then a small transposed-conv stack (32x32)."""
+
+    def __init__(self, nz=8, classes=5):
+        super().__init__()
+        self.embed = nn.Embedding(classes, 4)
+        self.fc = nn.Linear(nz + 4, 16 * 4 * 4)
+        self.up = nn.Sequential(nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                                nn.ConvTranspose2d(8, 8, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(8, 1, 4, 2, 1),
+                                nn.Tanh())
+
+    def forward(self, z, labels):
+        h = self.fc(torch.cat([z, self.embed(labels)], dim=1)).view(-1, 16, 4, 4)
+        return self.up(h)
+
+
+class MLPGenerator(nn.Module):
+    """Images in (0, 1) through a sigmoid, 28x28 grey."""
+
+    def __init__(self, nz=10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(nz, 64), nn.LeakyReLU(0.2), nn.Linear(64, 28 * 28), nn.Sigmoid())
+
+    def forward(self, z):
+        return self.net(z).view(-1, 1, 28, 28)
+
+
+class Large(nn.Module):
+    """128x128 RGB from latents shaped (n, 8, 1, 1)."""
+
+    def __init__(self, nz=8):
+        super().__init__()
+        layers, c = [nn.ConvTranspose2d(nz, 16, 4, 1, 0), nn.ReLU()], 16
+        for _ in range(5):  # 4 -> 128
+            layers += [nn.ConvTranspose2d(c, 8, 4, 2, 1), nn.BatchNorm2d(8), nn.ReLU()]
+            c = 8
+        layers += [nn.Conv2d(8, 3, 3, 1, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class Overflowing(nn.Module):
+    """One layer's activations reach ~1e5, beyond float16's 65504, and are scaled back down before the output:
+    fine in float32; in float16 arithmetic they become inf, and cos(inf) is NaN."""
+
+    def __init__(self, nz=8):
+        super().__init__()
+        self.fc = nn.Linear(nz, 3 * 16 * 16)
+        with torch.no_grad():
+            self.fc.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+
+    def forward(self, z):
+        h = torch.relu(self.fc(z) * 40000.0)  # up to ~1e5 and more
+        return torch.cos(h / 40000.0).view(-1, 3, 16, 16)
+
+
+class Noisy(nn.Module):
+    """Draws noise inside forward: an export would bake it into the graph."""
+
+    def __init__(self, nz=8):
+        super().__init__()
+        self.fc = nn.Linear(nz, 3 * 8 * 8)
+
+    def forward(self, z):
+        return torch.tanh(self.fc(z + torch.randn_like(z))).view(-1, 3, 8, 8)
+
+
+class Branchy(nn.Module):
+    """Branches on tensor values: data-dependent control flow."""
+
+    def __init__(self, nz=8):
+        super().__init__()
+        self.fc = nn.Linear(nz, 3 * 8 * 8)
+
+    def forward(self, z):
+        if z.sum() > 0:
+            z = -z
+        return torch.tanh(self.fc(z)).view(-1, 3, 8, 8)
