@@ -166,3 +166,23 @@ def test_what_cannot_be_exported_says_why(module, message, tmp_path):
         export_module(module, tmp_path / "x", latent_dim=8, options=small(), **QUIET)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name, args, shape, value_range, classes", [
+    ("ConditionalGenerator", ["--latent-dim", "8", "--classes", "5"], None, (-1.0, 1.0), 5),
+    ("MLPGenerator", ["--latent-dim", "10", "--value-range", "0,1"], None, (0.0, 1.0), 0),
+    ("Large", ["--latent-dim", "8", "--latent-shape", "8,1,1", "--value-range", "-1,1"], (8, 1, 1), (-1.0, 1.0), 0),
+])
+def test_the_same_generators_through_the_cli(user_folder, name, args, shape, value_range, classes):
+    module = ug.randomize(getattr(ug, name)(), seed=4)
+    torch.save(module.state_dict(), user_folder / "w.pt")
+    code, output = cli("export", "--module", f"mynets:{name}", "--weights", "w.pt", *args, "--out", "exports/m",
+                       *SMALL)
+    assert code == 0, output
+    dim = int(args[1])
+    labels = np.arange(6, dtype=np.int64) % classes if classes else None
+    with Sampler(user_folder / "exports" / "m", backend="onnxruntime") as sampler:
+        got = sampler.sample(6, seed=2, labels=labels)
+    assert within_one_level(got, module_images(module, latents(2, 6, dim), labels, value_range, shape))
+    code, output = cli("verify", "exports/m")
+    assert code == 0, output
