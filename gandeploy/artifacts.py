@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import ArtifactError
-from .formats.files import atomic_dir, atomic_path, atomic_write_text  # noqa: F401  (re-exported)
+from .formats.files import MARK, atomic_dir, atomic_path, atomic_write_text, check_replaceable  # noqa: F401
 from .formats.generator import GENERATOR_FORMAT, generator_dir, read_config  # noqa: F401  (re-exported)
 
 CHECKPOINT_FORMAT = "gandeploy-checkpoint/1"
@@ -25,12 +25,25 @@ CHECKPOINT_FORMAT = "gandeploy-checkpoint/1"
 
 
 def save_generator(path: str | Path, generator: torch.nn.Module, config: dict) -> Path:
+    """Write a generator folder. A new one appears whole (one rename); one that gandeploy wrote before is updated
+    file by file, each file atomically, weights first and config.json (which records the step) last: a reader
+    always finds a readable generator, and a kill in between leaves a config whose step says it is behind."""
+    path = Path(path)
     config = {"format_version": GENERATOR_FORMAT, **config}
     tensors = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    with atomic_dir(path) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "gandeploy-generator"})
-    return Path(path)
+    text = json.dumps(config, indent=2) + "\n"
+    check_replaceable(path, "generator")
+    if not (path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()):
+        with atomic_dir(path, kind="generator") as tmp:
+            (tmp / "config.json").write_text(text)
+            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "gandeploy-generator"})
+        return path
+    with atomic_path(path / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "gandeploy-generator"})
+    atomic_write_text(path / "config.json", text)
+    if not (path / MARK).is_file():  # a folder from before marks: mark it now that it is known to be ours
+        atomic_write_text(path / MARK, json.dumps({"kind": "generator", "written_by": "gandeploy"}) + "\n")
+    return path
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

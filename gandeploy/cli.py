@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -37,6 +38,11 @@ def _errors(extra: str | None = None):
     except CheckFailed as e:
         typer.echo(f"check failed: {e}", err=True)
         raise typer.Exit(1) from None
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        typer.echo(f"error: {_disk_full(e)}", err=True)
+        raise typer.Exit(2) from None
     except ModuleNotFoundError as e:  # an optional dependency of this command: say which extra brings it
         top = (e.name or "").split(".")[0]
         if top not in EXTRAS:
@@ -44,9 +50,22 @@ def _errors(extra: str | None = None):
         typer.echo(f"error: this command needs {top}, which is not installed here; pip install "
                    f"'gandeploy[{extra or EXTRAS[top]}]'", err=True)
         raise typer.Exit(2) from None
+    except Exception as e:  # safetensors reports a full disk as its own error type
+        full = "No space left" in str(e) or "code: 28" in str(e)
+        if "SafetensorError" not in type(e).__name__ or not full:
+            raise
+        typer.echo(f"error: {_disk_full(e)}", err=True)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: the last checkpoint is intact; continue with --resume RUN_DIR", err=True)
         raise typer.Exit(130) from None
+
+
+def _disk_full(e: Exception) -> str:
+    where = getattr(e, "filename", None)
+    what = f"writing {where}" if where else "writing"
+    return (f"the disk is full ({what}); nothing written before was lost. Free space, then run the command again "
+            f"(a training run goes on with --resume RUN_DIR)")
 
 
 @app.command()
@@ -288,6 +307,9 @@ def serve(
     timeout_s: float = typer.Option(30.0, "--timeout-s", min=0.001, help="A request waiting longer gets 504."),
     batching: bool = typer.Option(
         True, "--batching/--no-batching", help="Coalesce requests into backend batches (off: one call each)."),
+    client_timeout_s: float = typer.Option(
+        10.0, "--client-timeout-s", min=0.1,
+        help="A request's headers, then its body, must arrive within this; slower clients are dropped."),
     workers: int = typer.Option(
         1, "--workers", min=1, max=64,
         help="Backend calls at once (Triton's instance count); 2 can help where one call leaves cores idle."),
@@ -304,7 +326,8 @@ def serve(
         options = ServeOptions(backend=backend, device=device, precision=precision, max_batch=max_batch,
                                max_delay_ms=max_delay_ms, max_queue=max_queue,
                                max_images_per_request=max_images_per_request, timeout_s=timeout_s,
-                               batching=batching, workers=workers, host=host, port=port)
+                               batching=batching, workers=workers, host=host, port=port,
+                               client_timeout_s=client_timeout_s)
         run_server(export_dir if export_dir is not None else latest_export(), options, log=typer.echo)
 
 

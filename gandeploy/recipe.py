@@ -111,11 +111,16 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"recipe {path} not found; pass a YAML file such as recipes/dcgan_mnist.yaml")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        tree = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not UTF-8 text; is it a recipe? Recipes are YAML files") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', e)}); fix the syntax") from None
+    if tree is None:
+        raise RecipeError(f"{path} is empty; a recipe names at least its data and model (see recipes/dcgan_mnist.yaml)")
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: expected a mapping of sections (name, data, model, ...), got {type(tree).__name__}")
     return recipe_from_dict(tree, overrides)
@@ -236,6 +241,9 @@ def check_recipe(recipe: Recipe) -> None:
     from .losses import LOSSES
     from .nets import FAMILIES, RESOLUTIONS
 
+    from .formats.names import check_name
+
+    check_name(recipe.name, "name: the run folder name", RecipeError)  # runs/<name>: never a path of its own
     if recipe.model.name not in FAMILIES:
         raise RecipeError(f"model.name: unknown model {recipe.model.name!r}; valid: {', '.join(FAMILIES)}")
     if recipe.loss.name not in LOSSES:

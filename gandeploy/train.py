@@ -23,6 +23,7 @@ from torch import nn
 
 from . import distributed
 from .artifacts import atomic_write_text, load_checkpoint, save_checkpoint, save_generator
+from .formats.files import sweep
 from .data import ImageData, batches, load_data
 from .errors import TrainingDiverged, UserError
 from .formats.images import save_grid, to_uint8
@@ -184,15 +185,26 @@ class Trainer:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
     def resume(self) -> Path | None:
-        """Load the newest readable checkpoint; an unreadable one is reported and the one before it used."""
-        for path in reversed(list_checkpoints(self.run_dir)):
+        """Load the newest readable checkpoint; an unreadable one is reported and the one before it used. When
+        there are checkpoints and none is readable, refuse: starting again would overwrite them."""
+        found = list_checkpoints(self.run_dir)
+        for path in reversed(found):
             try:
                 state = load_checkpoint(path)
             except UserError as e:
                 print(f"warning: {e}; trying the checkpoint before it", file=sys.stderr)
                 continue
-            self.load_state(state)
+            try:
+                self.load_state(state)
+            except (KeyError, RuntimeError, ValueError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise UserError(f"{path} does not fit the recipe in {self.run_dir / 'recipe.yaml'} ({first}); if "
+                                f"that file was damaged, restore it before --resume") from None
             return path
+        if found:
+            raise UserError(f"--resume {self.run_dir}: none of its {len(found)} checkpoint(s) can be read "
+                            f"({', '.join(p.name for p in found)}); refusing to start again from step 0 over them: "
+                            f"restore one, or move them away to start afresh")
         return None
 
     # -- one step ----------------------------------------------------------------------------------------------
@@ -361,8 +373,15 @@ class RunLog:
         if not enabled:
             return
         if self.path.exists():  # a resumed run forgets what came after its checkpoint
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            kept = []
+            for line in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line half-written when the power went: dropped
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("step", 0), int) and \
+                        record.get("step", 0) <= start_step:
+                    kept.append(line)
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.file = open(self.path, "a")
         try:
@@ -407,6 +426,15 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def generator_step(run_dir: Path) -> int | None:
+    """The step generator/config.json records; None when there is no readable one."""
+    try:
+        step = json.loads((Path(run_dir) / "generator" / "config.json").read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 # ---- entry point ------------------------------------------------------------------------------------------------
@@ -479,6 +507,8 @@ def train(recipe: Recipe, run_dir: str | Path, device: str = "auto", resume: boo
         if resume and resumed is None and world.main:
             print(f"no checkpoint in {run_dir}/checkpoints yet: starting from step 0", file=sys.stderr)
         if world.main:
+            for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples", run_dir / "generator"):
+                sweep(folder)  # temporary files of killed runs of this folder
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
             what = f"resuming at step {trainer.step}" if resumed else "training"
@@ -487,6 +517,10 @@ def train(recipe: Recipe, run_dir: str | Path, device: str = "auto", resume: boo
         last = trainer.fit() if trainer.step < recipe.train.steps else {"step": trainer.step}
         if world.main and latest_checkpoint(run_dir) is None:
             trainer.checkpoint()
+        elif world.main and generator_step(run_dir) != trainer.step:
+            # killed between the last checkpoint and generator/ (or during its update): write it from that state
+            print(f"generator/ is behind the checkpoint of step {trainer.step}: writing it again", file=sys.stderr)
+            trainer.export_generator()
         return last
     finally:
         distributed.shutdown(world)

@@ -26,13 +26,24 @@ def test_generator_round_trip(tmp_path):
     assert not loaded.training
 
 
-def test_save_replaces_a_folder_whole(tmp_path):
+def test_save_updates_its_own_folder_and_nobody_elses(tmp_path):
     G = build_generator(CONFIG)
-    save_generator(tmp_path / "g", G, CONFIG)
-    (tmp_path / "g" / "stale.txt").write_text("old")
-    save_generator(tmp_path / "g", G, CONFIG)
-    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["config.json", "model.safetensors"]
-    assert [p.name for p in tmp_path.iterdir()] == ["g"]  # no temporary folders left behind
+    save_generator(tmp_path / "g", G, {**CONFIG, "step": 1})
+    (tmp_path / "g" / "notes.txt").write_text("not ours")
+    with torch.no_grad():
+        next(G.parameters()).add_(1.0)
+    save_generator(tmp_path / "g", G, {**CONFIG, "step": 2})  # file by file: a generator is readable throughout
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == [".gandeploy", "config.json", "model.safetensors",
+                                                                  "notes.txt"]
+    loaded, config = load_generator(tmp_path / "g")
+    assert config["step"] == 2 and torch.equal(next(loaded.parameters()), next(G.parameters()))
+    assert [p.name for p in tmp_path.iterdir()] == ["g"]  # no temporary files left behind
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.bin").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="refusing to replace .*gandeploy did not write it"):
+        save_generator(foreign, G, CONFIG)
+    assert [p.name for p in foreign.iterdir()] == ["data.bin"]
 
 
 def test_bad_generator_folders(tmp_path):

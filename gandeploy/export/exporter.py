@@ -18,8 +18,9 @@ from .. import __version__
 from ..artifacts import load_generator
 from ..errors import CheckFailed, UserError
 from ..formats import manifest as mf
-from ..formats.files import atomic_dir, atomic_write_text
+from ..formats.files import atomic_dir, atomic_write_text, sweep
 from ..formats.generator import generator_dir
+from ..formats.names import check_name
 from ..formats.manifest import FP16_FILE, FP32_FILE, GENERATOR_DIR, REFERENCE_FILE
 from ..formats.parity import Parity, measure, tolerance_text
 from ..formats.references import References, reference_inputs, save_references
@@ -70,7 +71,10 @@ def export(source: str | Path, out: str | Path | None = None, options: ExportOpt
         return source
     folder = generator_dir(source)
     generator, config = load_generator(folder)
-    run_name = config.get("run_name") or (source.name if folder != source else source.parent.name)
+    run_name = config.get("run_name") or (source.resolve().name if folder != source else source.resolve().parent.name)
+    # a name read from a file: it names the export and its default folder only if it is a plain name
+    run_name = check_name(run_name, f"{folder / 'config.json'}: run_name" if config.get("run_name") else
+                          "the run folder's name")
     out = Path(out) if out is not None else Path("exports") / run_name
     origin = {"generator": str(folder.resolve()), "step": config.get("step"),
               "weights_sha256": mf.sha256(folder / "model.safetensors")}
@@ -81,10 +85,12 @@ def write_export(generator, config: dict, name: str, out: Path, options: ExportO
                  generator_folder: Path | None = None, log=print) -> Path:
     """The export of a generator module `generator(z, labels)` that `config` describes: ONNX checked against it,
     the FP16 twin, reference outputs, the PyTorch generator folder where there is one, and the manifest."""
+    check_name(name, "the export's name (its folder's name)", UserError)
     graph = ox.ExportGraph(generator, options.output, tuple(config["value_range"]))
     seed = secrets.randbelow(2**32)  # fresh latents for the checks, recorded for reproduction
     batches = ox.verification_batches(options.min_batch, options.opt_batch, options.max_batch)
-    with atomic_dir(out) as tmp:
+    sweep(out.parent)  # what killed exports left beside it
+    with atomic_dir(out, kind="export") as tmp:
         ox.export_onnx(graph, config, tmp / FP32_FILE, options.opset)
         ox.check_model(tmp / FP32_FILE)
         references = {b: _torch_outputs(graph, config, b, seed + b) for b in batches}
@@ -279,7 +285,7 @@ def add_engine(folder: str | Path, options: ExportOptions | None = None, log=pri
     fp16_onnx = folder / FP16_FILE if (folder / FP16_FILE).is_file() else None
     # built and checked beside the export, then moved in with the manifest: a failed or interrupted rebuild leaves
     # the engine that was there, and a manifest that matches it
-    staging = folder / f".tmp-engine-{secrets.token_hex(4)}"
+    staging = folder / f".tmp-engine-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
     try:
         meta = trt.build_engine(folder / FP32_FILE, fp16_onnx, staging, shapes=shapes, precision=precision,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -48,14 +50,54 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+MARK = ".gandeploy"  # in every folder gandeploy writes whole: what it is, so only such folders are ever replaced
+# what folders of each kind held before marks existed: recognised as ours when nothing else is inside
+_LEGACY = {"generator": ({"config.json", "model.safetensors"}, ()),
+           "export": ({"manifest.json", "generator.onnx", "generator.fp16.onnx", "generator", "reference.npz"},
+                      (".plan",))}
+
+
+def owned(path: Path, kind: str) -> bool:
+    """Whether `path` is a folder of `kind` that gandeploy wrote (its mark, or a legacy layout of ours)."""
+    mark = path / MARK
+    if mark.is_file():
+        try:
+            return json.loads(mark.read_text()).get("kind") == kind
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return False
+    names, suffixes = _LEGACY.get(kind, (set(), ()))
+    entries = [e.name for e in path.iterdir()]
+    return bool(entries) and all(n in names or n.endswith(suffixes or ("\0",)) for n in entries) and \
+        any(n in names for n in entries)
+
+
+def check_replaceable(path: Path, kind: str) -> None:
+    """Refuse to replace anything but an empty folder or a folder of `kind` that gandeploy wrote."""
+    from ..errors import ArtifactError
+
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise ArtifactError(f"refusing to replace {path}: it is a {'link' if path.is_symlink() else 'file'}, not a "
+                            f"folder gandeploy wrote; choose another output folder")
+    if any(path.iterdir()) and not owned(path, kind):
+        raise ArtifactError(f"refusing to replace {path}: gandeploy did not write it (no {MARK} mark of a {kind} "
+                            f"folder inside); choose another output folder, or move it away yourself")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path):
-    """Yield a temporary folder beside `path`; on success it takes the place of `path` (old contents dropped)."""
+def atomic_dir(path: str | Path, kind: str | None = None):
+    """Yield a temporary folder beside `path`; on success it takes the place of `path` (old contents dropped).
+    With `kind`, the folder is marked as ours, and an existing `path` is replaced only if it is ours too."""
     path = Path(path)
+    if kind is not None:
+        check_replaceable(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
     tmp.mkdir()
     try:
+        if kind is not None:
+            (tmp / MARK).write_text(json.dumps({"kind": kind, "written_by": "gandeploy"}) + "\n")
         yield tmp
         for file in tmp.rglob("*"):
             if file.is_file():
@@ -78,3 +120,35 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_LEFTOVER = re.compile(r"^\.(?:tmp|old)-.+?-(\d+)(?:-[0-9a-f]{8})?$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep(folder: str | Path) -> list[str]:
+    """Remove what killed writers left in `folder` (`.tmp-*`, `.old-*` of processes no longer running); returns
+    the names removed. Live writers' files carry a running pid and are left alone."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _LEFTOVER.match(entry.name)
+        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed

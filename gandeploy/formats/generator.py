@@ -31,4 +31,6 @@ def read_config(folder: str | Path) -> dict:
     if version != GENERATOR_FORMAT:
         raise ArtifactError(f"{cfg_file} has format_version {version!r}; this gandeploy reads "
                             f"{GENERATOR_FORMAT}: upgrade gandeploy or re-save the generator with this version")
-    return config
+    from .validate import check_generator_spec
+
+    return check_generator_spec(config, str(cfg_file))

@@ -31,7 +31,10 @@ def check_labels(labels, n: int, classes: int) -> np.ndarray | None:
     if labels is None:
         raise LabelError(f"this generator is class-conditional: pass labels (one int, or {n} ints in "
                          f"0..{classes - 1})")
-    array = np.asarray(labels)
+    try:
+        array = np.asarray(labels)
+    except (ValueError, TypeError, RecursionError):  # ragged or deeply nested lists
+        raise LabelError("labels must be one int or a flat list of ints") from None
     if array.dtype.kind not in "iu":
         raise LabelError(f"labels must be integers, got {array.dtype}")
     if array.ndim == 0:

@@ -45,7 +45,9 @@ def load_manifest(folder: str | Path) -> dict:
     missing = [key for key in REQUIRED if key not in manifest]
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}; re-run gandeploy export")
-    return manifest
+    from .validate import check_manifest
+
+    return check_manifest(manifest, str(path))
 
 
 def load_export(folder: str | Path) -> dict:

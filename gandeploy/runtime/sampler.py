@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import numbers
+import os
 import threading
 import warnings
 from concurrent.futures import Future
@@ -55,6 +56,8 @@ class Sampler:
         unknown = sorted(set(options) - set(backends.OPTIONS))
         if unknown:
             raise SamplerError(f"unknown option {unknown[0]!r}; backend options are {', '.join(backends.OPTIONS)}")
+        if not isinstance(path, (str, os.PathLike)):
+            raise SamplerError(f"path must be a folder path (str or pathlib.Path), got {type(path).__name__}")
         self.path = Path(path)
         self.source = _open_source(self.path)
         self.manifest, self.config = self.source.manifest, self.source.config
@@ -151,7 +154,9 @@ class Sampler:
     def interpolate(self, seed_a: int, seed_b: int, steps: int, labels=None) -> np.ndarray:
         """uint8 (steps, h, w, c) along the great circle from image 0 of seed_a to image 0 of seed_b (slerp, as
         White 2016 recommends for Gaussian latents)."""
-        steps = self._check_n(steps)
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 2 <= steps <= self.max_images:
+            raise SamplerError(f"steps={steps!r}: interpolate needs an integer from 2 to {self.max_images}")
+        steps = int(steps)
         a, b = self.latents(1, seed_a)[0].astype(np.float64), self.latents(1, seed_b)[0].astype(np.float64)
         omega = np.arccos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1.0, 1.0))
         t = np.linspace(0.0, 1.0, steps)[:, None]

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import json
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -38,6 +39,7 @@ log = logging.getLogger("gandeploy.serve")
 FIELDS = ("n", "seed", "labels", "format", "scale")
 MEDIA = {"png": "image/png", "npy": "application/x-npy", "json": "application/json"}
 RETRY_AFTER_S = 1
+MAX_BODY_BYTES = 64 * 1024  # a generate request is a few fields; labels for 1,024 images fit many times over
 
 
 @dataclass
@@ -52,6 +54,7 @@ class ServeOptions:
     timeout_s: float = 30.0  # a request waiting longer gets 504
     batching: bool = True
     workers: int = 1  # batches computed at once (Triton's instance count)
+    client_timeout_s: float = 10.0  # a request's headers, and then its body, must arrive within this
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -97,6 +100,14 @@ class Service:
                                max_images=options.max_images_per_request)
         self.sampler.batching(max_delay_ms=options.max_delay_ms, max_queue=options.max_queue,
                               workers=options.workers, on_batch=lambda *sizes: self.metrics.observe_batch(*sizes))
+        try:  # one image before anything listens: an export that loads but cannot run is refused at start
+            self.sampler.sample(1, seed=0, labels=self._zero_labels())
+        except Exception as e:
+            self.sampler.close()
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise SamplerError(f"{export_dir}: a first image on {self.sampler.info['backend']} failed "
+                               f"({type(e).__name__}: {first[:200]}); the export is damaged or does not fit this "
+                               f"backend: run `gandeploy verify {export_dir}`") from None
         self.metrics = Metrics(self.sampler.max_batch, lambda: self.queued, lambda: self.ready)
         # PNG encoding runs here instead of on the event loop; with batching off, requests run on `workers` threads
         self.pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="gandeploy-png")
@@ -133,8 +144,12 @@ class Service:
 
     def parse(self, params: dict) -> Ask:
         unknown = sorted(set(params) - set(FIELDS))
-        if unknown:
-            raise Problem(422, f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}", unknown[0])
+        if unknown:  # a key may hold anything, a lone surrogate included: shown escaped
+            name = unknown[0].encode("utf-8", "backslashreplace").decode("utf-8")
+            raise Problem(422, f"unknown field {name!r}; the fields are {', '.join(FIELDS)}", name)
+        fmt = params.get("format", "png")
+        if not isinstance(fmt, str):
+            raise Problem(422, f"format must be a string (png, npy or json), got {type(fmt).__name__}", "format")
         n, seed, scale = _integer(params, "n", 1), _integer(params, "seed", 0), _integer(params, "scale", 1)
         limit = self.options.max_images_per_request
         if not 1 <= n <= limit:
@@ -217,7 +232,7 @@ def _integer(params: dict, field: str, default: int) -> int:
     return value
 
 
-async def _params(request: Request) -> dict:
+async def _params(request: Request, timeout: float) -> dict:
     if request.method == "GET":
         params = dict(request.query_params)
         for field in ("n", "seed", "scale"):  # query values are text: integers become ints, the rest is refused later
@@ -229,9 +244,26 @@ async def _params(request: Request) -> dict:
             except LabelError as e:
                 raise Problem(422, str(e), "labels") from None
         return params
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:  # refused before a byte of it is read
+        raise Problem(413, f"the body is {int(declared)} bytes; a generate request is a small JSON object (at most "
+                           f"{MAX_BODY_BYTES} bytes)", "body")
+    body = bytearray()
+
+    async def read():
+        async for chunk in request.stream():  # bodies without a length are capped while they stream in
+            body.extend(chunk)
+            if len(body) > MAX_BODY_BYTES:
+                raise Problem(413, f"the body is over {MAX_BODY_BYTES} bytes; a generate request is a small JSON "
+                                   f"object", "body")
+
     try:
-        params = await request.json()
-    except ValueError:
+        await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:  # a client trickling its body holds a connection and a task: let it go
+        raise Problem(408, f"the body did not arrive within {timeout:g} s", "body") from None
+    try:
+        params = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than any request needs
         raise Problem(422, "the body is not JSON; send e.g. {\"n\": 4, \"seed\": 7, \"format\": \"png\"}",
                       "body") from None
     if not isinstance(params, dict):
@@ -248,11 +280,14 @@ def create_app(export_dir: str | Path, options: ServeOptions | None = None) -> S
         start = time.perf_counter()
         metrics.in_flight.inc()
         try:
-            ask = service.parse(await _params(request))
+            ask = service.parse(await _params(request, service.options.client_timeout_s))
             response = await service.encode(await service.images(ask), ask)
             metrics.images.inc(ask.n)
         except Problem as p:
             response = p.response()
+        except ClientDisconnect:  # the client left mid-request: nobody to answer, nothing to trace
+            log.warning("a client disconnected before its request was read")
+            response = Response(status_code=499)
         except Exception as e:  # one line to the client, the traceback to the log; the service lives on
             log.exception("generate failed")
             response = Problem(500, f"generation failed: {type(e).__name__}: {e}").response()

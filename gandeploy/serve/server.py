@@ -4,6 +4,7 @@ Ctrl-C / SIGTERM."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import signal
 import socket
 from pathlib import Path
@@ -12,6 +13,79 @@ import uvicorn
 
 from ..errors import UserError
 from .app import ServeOptions, create_app
+
+log = logging.getLogger("gandeploy.serve")
+
+
+MAX_HEADER_BYTES = 16 * 1024  # request line + headers; more is answered 431 and the connection closed
+
+
+def guarded_protocol(header_timeout_s: float):
+    """uvicorn's httptools protocol with what it lacks against slow and oversized clients: a deadline for each
+    request's headers, and a cap on their size. None where uvicorn's internals are not the ones this was written
+    against (the stock protocol is used then)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return None
+    if not all(hasattr(HttpToolsProtocol, m) for m in ("on_message_begin", "on_headers_complete", "data_received")):
+        return None
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _deadline = None
+        _header_bytes = 0
+        _in_headers = True
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self):
+            self._disarm()
+            self._in_headers, self._header_bytes = True, 0
+            self._deadline = self.loop.call_later(header_timeout_s, self._too_slow)
+
+        def _disarm(self):
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self):
+            if not self.transport.is_closing():
+                log.warning("dropped a client that sent no complete request headers within %g s", header_timeout_s)
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_headers:  # count the bytes up to the blank line that ends the headers, not the body's
+                end = data.find(b"\r\n\r\n")
+                self._header_bytes += len(data) if end < 0 else end + 4
+                if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                    self._disarm()
+                    self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+                                         b"Connection: close\r\n\r\n")
+                    self.transport.close()
+                    return
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._deadline is None:  # a next request on a kept-alive connection
+                self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            self._in_headers = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_headers, self._header_bytes = True, 0  # the next request's headers count afresh
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedProtocol
 
 
 class DrainingServer(uvicorn.Server):
@@ -63,8 +137,10 @@ def serve(export_dir: str | Path, options: ServeOptions | None = None, log=print
     log(f"gandeploy serve: {Path(export_dir)} on {info['backend']} ({info['device']}, {info['precision']}), {batching}")
     log(f"listening on {url} ({reach})")
     log(f"open {url}/v1/generate?n=16&seed=0&scale=4 in a browser; Ctrl-C or SIGTERM drains in-flight requests")
+    protocol = guarded_protocol(options.client_timeout_s)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=int(options.timeout_s) + 5)
+                            timeout_graceful_shutdown=int(options.timeout_s) + 5, timeout_keep_alive=5,
+                            **({"http": protocol} if protocol is not None else {}))
     DrainingServer(config).run(sockets=[sock])
     served = sum(s.value for m in service.metrics.requests.collect() for s in m.samples
                  if s.name.endswith("_total") and s.labels.get("endpoint") == "generate")

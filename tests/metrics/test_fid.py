@@ -94,3 +94,20 @@ def test_fid_command_on_a_tiny_run(net, tiny_run, tmp_path, monkeypatch):
     assert value > 50  # four training steps make noise, far from digits
     code, output = cli("fid", "mnist", "--real", str(tmp_path / "nope.npz"), "--n", "4")
     assert code == 2 and "not a statistics file" in output
+
+
+def test_a_statistics_file_is_validated(tmp_path):
+    good_mu, good_sigma = np.zeros(2048), np.eye(2048)
+    cases = {"shape.npz": (np.zeros(10), good_sigma, "mu is float64\\(10,\\)"),
+             "nan.npz": (good_mu + np.nan, good_sigma, "NaN or infinity"),
+             "ints.npz": (good_mu, np.eye(2048, dtype=np.int64), "sigma is int64")}
+    for name, (mu, sigma, message) in cases.items():
+        np.savez(tmp_path / name, mu=mu, sigma=sigma)
+        with pytest.raises(UserError, match=message):
+            fid.load_statistics(tmp_path / name)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "nan.npz").read_bytes()[:1000])
+    with pytest.raises(UserError, match="is not a statistics file"):
+        fid.load_statistics(tmp_path / "cut.npz")
+    np.savez(tmp_path / "ok.npz", mu=good_mu, sigma=good_sigma)
+    mu, sigma = fid.load_statistics(tmp_path / "ok.npz")
+    assert mu.shape == (2048,) and sigma.shape == (2048, 2048)

@@ -2,6 +2,7 @@
 concurrency, bad input, overload, timeouts, metrics and graceful shutdown."""
 
 import base64
+import http.client
 import io
 import json
 import signal
@@ -87,6 +88,9 @@ def test_same_seed_same_bytes_whatever_is_in_flight(server):
     ({"n": 0}, "n"), ({"n": 1025}, "n"), ({"n": "4"}, "n"), ({"n": 2.5}, "n"), ({"n": True}, "n"),
     ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed"), ({"format": "gif"}, "format"), ({"scale": 0}, "scale"),
     ({"labels": [1]}, "labels"), ({"steps": 3}, "steps"), ("not json", "body"), ([1, 2], "body"),
+    ({"format": ["png"]}, "format"), ({"labels": [[1, [2]], 3]}, "labels"), ({"n": {"$gt": 1}}, "n"),
+    ('{"n": ' + "[" * 20000 + "]" * 20000 + "}", "body"),  # nested past Python's recursion limit
+    ('{"\\ud800": 1}', "\\ud800"), (b'{"n": "\xff"}', "body"),  # a lone surrogate in a key; bytes not UTF-8
 ])
 def test_bad_input_is_422_naming_the_field(server, body, field):
     status, _, answer = server.post(body)
@@ -177,3 +181,96 @@ def test_cli_refuses_bad_exports_and_taken_ports_in_one_line(exports, tmp_path):
     assert code == 2 and "pick another --port" in out
     code, out = cli("serve", str(exports["uint8"]), "--max-queue", "8", "--max-images-per-request", "16")
     assert code == 2 and "--max-images-per-request" in out
+
+
+def test_a_body_too_large_is_413_before_it_is_read(server):
+    connection = http.client.HTTPConnection(server.address.hostname, server.address.port, timeout=30)
+    connection.putrequest("POST", "/v1/generate")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(200 * 2**20))  # 200 MB announced, none of it sent
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read())["field"] == "body"
+    connection.close()
+    connection = http.client.HTTPConnection(server.address.hostname, server.address.port, timeout=30)
+    chunks = (b"[" + b"0," * 8192 for _ in range(64))  # 1 MB with no length: capped while it streams in
+    connection.request("POST", "/v1/generate", body=chunks, encode_chunked=True,
+                       headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    response = connection.getresponse()
+    assert response.status == 413
+    connection.close()
+    assert server.get("/healthz")[0] == 200
+
+
+@pytest.fixture(scope="module")
+def strict_server(exports):
+    server = Server(exports["uint8"], "--client-timeout-s", "1")
+    yield server
+    server.stop()
+
+
+def _raw(server) -> socket.socket:
+    return socket.create_connection((server.address.hostname, server.address.port), timeout=10)
+
+
+def test_slow_and_oversized_clients_are_dropped_while_others_are_served(strict_server):
+    slow = _raw(strict_server)
+    slow.sendall(b"GET /v1/generate?n=1 HTTP/1.1\r\nHost: x\r\n")  # and never the rest of the headers
+    trickle = _raw(strict_server)
+    trickle.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 100\r\n\r\n{\"n\"")  # the body never completes
+    for _ in range(5):  # meanwhile everyone else is served
+        assert strict_server.get("/v1/generate?n=2&seed=1&format=npy")[0] == 200
+    start = time.monotonic()
+    assert slow.recv(1024) == b"" and time.monotonic() - start < 5  # closed by the server
+    answer = b""
+    while b"}" not in answer:  # the status line and the JSON body may come in separate segments
+        chunk = trickle.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408") and b'"field":"body"' in answer.replace(b" ", b"")
+    big = _raw(strict_server)
+    big.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 32768 + b"\r\n\r\n")
+    assert big.recv(1024).startswith(b"HTTP/1.1 431")
+    for sock in (slow, trickle, big):
+        sock.close()
+    assert "dropped a client that sent no complete request headers" in "".join(strict_server.lines)
+
+
+def test_a_client_leaving_mid_request_is_one_log_line(strict_server):
+    gone = _raw(strict_server)
+    gone.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"n\": 1")
+    time.sleep(0.2)
+    gone.close()
+    deadline = time.monotonic() + 5
+    while "disconnected before its request was read" not in "".join(strict_server.lines):
+        assert time.monotonic() < deadline, "".join(strict_server.lines)
+        time.sleep(0.05)
+    assert "Traceback" not in "".join(strict_server.lines)
+    assert strict_server.get("/healthz")[0] == 200
+
+
+def test_an_export_that_cannot_run_exits_2_at_start(exports, tmp_path):
+    """Checksums match, the manifest is whole, but the graph cannot compute: refused before anything listens."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from conftest import run_module
+    from gandeploy.formats.files import sha256
+
+    folder = tmp_path / "broken"
+    shutil.copytree(exports["uint8"], folder)
+    model = onnx.load(str(folder / "generator.onnx"))
+    axes = next(t for t in model.graph.initializer if t.name == model.graph.node[0].input[1])  # Unsqueeze's axes
+    axes.CopyFrom(numpy_helper.from_array(np.array([7, 9], dtype=np.int64), axes.name))
+    onnx.save(model, str(folder / "generator.onnx"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["artifacts"]["generator.onnx"].update(size=(folder / "generator.onnx").stat().st_size,
+                                                   sha256=sha256(folder / "generator.onnx"))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = run_module("serve", str(folder), "--port", "0", "--backend", "onnxruntime", timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "listening" not in result.stdout

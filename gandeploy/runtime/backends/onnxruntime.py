@@ -41,7 +41,12 @@ class OnnxRuntimeBackend:
                 raise BackendUnavailable(f"onnxruntime {ort.__version__} has no CUDA provider; install "
                                          f"onnxruntime-gpu (pip install 'gandeploy[gpu]'), or use device='cpu'")
             providers = [("CUDAExecutionProvider", {"device_id": device_index(device)}), "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(onnx_path), session_options(threads), providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), session_options(threads), providers=providers)
+        except Exception as e:  # ONNX Runtime's own exception types: a damaged or foreign file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BackendUnavailable(f"ONNX Runtime cannot load {onnx_path} ({first[:200]}); the file is damaged "
+                                     f"or not this export's: re-export") from None
         self.provider = self.session.get_providers()[0]
         if device.startswith("cuda") and self.provider != "CUDAExecutionProvider":
             raise BackendUnavailable(f"onnxruntime could not start its CUDA provider on {device}; check the CUDA "
@@ -61,6 +66,12 @@ class OnnxRuntimeBackend:
         if found != declared or outputs != [(out["name"], out["dtype"])]:
             raise BackendUnavailable(f"{onnx_path} takes {found} and gives {outputs}, but the manifest declares "
                                      f"{declared} -> {out['name']} {out['dtype']}; re-export")
+        shape = self.session.get_outputs()[0].shape  # e.g. ['batch', 28, 28, 1]: the fixed dims must agree
+        fixed = [d for d in shape[1:]]
+        if len(shape) != len(out["shape"]) or any(isinstance(d, int) and d != w for d, w in
+                                                   zip(fixed, out["shape"][1:])):
+            raise BackendUnavailable(f"{onnx_path} gives images of shape {shape}, but the manifest declares "
+                                     f"{out['shape']}; re-export")
 
     def run(self, z: np.ndarray, labels: np.ndarray | None, kind: str) -> np.ndarray:
         feeds = {self.inputs[0]: z} if labels is None else {self.inputs[0]: z, self.inputs[1]: labels}
