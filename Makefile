@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; users with a GPU install their CUDA build of torch first, then `pip install -e .`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-serve-profile bench clean
+.PHONY: install demo test test-all test-serve-profile bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,12 @@ demo: install
 	$(BIN)/gandeploy sample --n 64 --seed 0 --out demo-grid.png
 
 test: install
+	$(BIN)/python -m pytest -q
+	$(MAKE) test-serve-profile
+
+# Everything `make test` runs, plus what needs Ray Serve (a local Ray instance on loopback; about a minute)
+test-all: install
+	$(BIN)/python -m pip install -q -e ".[ray]"
 	$(BIN)/python -m pytest -q
 	$(MAKE) test-serve-profile
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from gandeploy import Sampler  # noqa: E402
 
-_LENGTH = re.compile(rb"content-length: *([0-9]+)", re.I)
+_LENGTH = re.compile(rb"\r\ncontent-length: *([0-9]+)", re.I)  # not Inference-Header-Content-Length
 
 
 def start_server(export: str, *options: str) -> tuple[subprocess.Popen, str, int]:
@@ -59,10 +59,8 @@ async def _wait_ready(host: str, port: int, seconds: float = 60) -> None:
     raise SystemExit("the server did not become ready")
 
 
-async def _client(host, port, body: bytes, stop_at: float, latencies: list, statuses: Counter) -> None:
+async def _client(host, port, request: bytes, stop_at: float, latencies: list, statuses: Counter) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    request = (b"POST /v1/generate HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(body)) + body
     while time.perf_counter() < stop_at:
         start = time.perf_counter()
         writer.write(request)
@@ -73,11 +71,29 @@ async def _client(host, port, body: bytes, stop_at: float, latencies: list, stat
     writer.close()
 
 
-async def _load(host, port, clients: int, images: int, seconds: float) -> dict:
+def v1_request(images: int) -> bytes:
     body = json.dumps({"n": images, "seed": 0, "format": "npy"}).encode()
+    return (b"POST /v1/generate HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+
+def v2_request(model: str, latent_dim: int, images: int) -> bytes:
+    """An Open Inference Protocol request with binary tensor data, as tritonclient.http sends it."""
+    from gandeploy.latents import latents
+
+    z = latents(0, images, latent_dim).tobytes()
+    head = json.dumps({"inputs": [{"name": "z", "shape": [images, latent_dim], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": len(z)}}],
+                       "outputs": [{"name": "images", "parameters": {"binary_data": True}}]}).encode()
+    return (b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: bench\r\nInference-Header-Content-Length: %d\r\n"
+            b"Content-Length: %d\r\n\r\n" % (model.encode(), len(head), len(head) + len(z))) + head + z
+
+
+async def _load(host, port, clients: int, request: bytes, images: int, seconds: float) -> dict:
     latencies, statuses = [], Counter()
     start = time.perf_counter()
-    await asyncio.gather(*(_client(host, port, body, start + seconds, latencies, statuses) for _ in range(clients)))
+    await asyncio.gather(*(_client(host, port, request, start + seconds, latencies, statuses)
+                           for _ in range(clients)))
     elapsed = time.perf_counter() - start
     ok = statuses.get(200, 0)
     lat = np.array(latencies) * 1000
@@ -86,13 +102,14 @@ async def _load(host, port, clients: int, images: int, seconds: float) -> dict:
             "errors": sum(v for k, v in statuses.items() if k != 200), "statuses": dict(statuses)}
 
 
-def load(host, port, clients, images, seconds) -> dict:
+def load(host, port, clients, images, seconds, request: bytes | None = None) -> dict:
+    request = request or v1_request(images)
     try:
         import uvloop
 
-        return uvloop.run(_load(host, port, clients, images, seconds))
+        return uvloop.run(_load(host, port, clients, request, images, seconds))
     except ImportError:
-        return asyncio.run(_load(host, port, clients, images, seconds))
+        return asyncio.run(_load(host, port, clients, request, images, seconds))
 
 
 def direct(sampler: Sampler, images: int, seconds: float) -> float:
@@ -123,14 +140,17 @@ def plot(report: dict, path: Path) -> None:
     bars = [(f"Sampler direct\nbatch {k}", report["ceiling_images_per_s"]["at_request_size"], None),
             ("serve\nbatching on", r["batching on"]["images_per_s"], r["batching on"]["p99_ms"]),
             ("serve\nbatching off", r["batching off"]["images_per_s"], r["batching off"]["p99_ms"])]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=["#888888", "#1f77b4", "#ff7f0e"])
+    if "v2 binary, batching on" in r:
+        v2 = r["v2 binary, batching on"]
+        bars.append(("v2 infer (binary)\nbatching on", v2["images_per_s"], v2["p99_ms"]))
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
+    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=["#888888", "#1f77b4", "#ff7f0e", "#2ca02c"][:len(bars)])
     for i, (_, value, p99) in enumerate(bars):
         ax.annotate(f"{value:,.0f}" + (f"\np99 {p99:.0f} ms" if p99 else ""), (i, value), ha="center", va="bottom",
                     fontsize=8)
     ax.set_ylabel("images/s (median of rounds)")
     ax.set_ylim(0, max(b[1] for b in bars) * 1.25)
-    ax.set_title(f"{report['clients']} clients x {k} images (npy), {report['backend']}; "
+    ax.set_title(f"{report['clients']} clients x {k} images (v1: npy, v2: binary), {report['backend']}; "
                  f"workers {report['server_workers']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="png")
@@ -156,7 +176,9 @@ def main() -> None:
         (("--max-batch", str(a.max_batch)) if a.max_batch else ())
     servers = {"on": start_server(a.export, *common), "off": start_server(a.export, *common, "--no-batching")}
     sampler = Sampler(a.export, backend=a.backend)
-    runs = {"batching on": [], "batching off": [], "single image, batching on": [], "single image, batching off": []}
+    runs = {"batching on": [], "batching off": [], "single image, batching on": [], "single image, batching off": [],
+            "v2 binary, batching on": []}
+    v2 = v2_request(sampler.manifest["name"], sampler.config["latent_dim"], a.images)
     ceiling, best = [], []
     try:
         for r in range(a.rounds):
@@ -166,6 +188,8 @@ def main() -> None:
                 _, host, port = servers[mode]
                 runs[f"batching {mode}"].append(load(host, port, a.clients, a.images, a.seconds))
                 runs[f"single image, batching {mode}"].append(load(host, port, a.clients, 1, a.seconds))
+                if mode == "on":  # the Open Inference Protocol endpoint, binary tensors, same server
+                    runs["v2 binary, batching on"].append(load(host, port, a.clients, a.images, a.seconds, v2))
             on, off = runs["batching on"][-1]["images_per_s"], runs["batching off"][-1]["images_per_s"]
             print(f"round {r + 1}/{a.rounds}: ceiling {ceiling[-1]:,.0f} img/s, on {on:,.0f}, off {off:,.0f}",
                   flush=True)
@@ -177,7 +201,8 @@ def main() -> None:
 
     results = {name: median_of(rounds) for name, rounds in runs.items()}
     c = statistics.median(ceiling)
-    for name in ("batching on", "batching off"):  # paired: each round's service figure over that round's ceiling
+    # paired: each round's service figure over that round's ceiling
+    for name in ("batching on", "batching off", "v2 binary, batching on"):
         results[name]["vs_ceiling"] = statistics.median(r["images_per_s"] / x for r, x in zip(runs[name], ceiling))
     report = {
         "command": "python bench/load_test.py " + " ".join(sys.argv[1:]),

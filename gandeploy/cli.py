@@ -17,7 +17,7 @@ TRITON_REPO = "exports/triton"
 EXTRAS = {"torch": "train", "yaml": "train", "safetensors": "train", "tensorboard": "tensorboard",
           "onnx": "export", "onnxscript": "export", "onnxconverter_common": "export", "onnxruntime": "cpu",
           "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve", "matplotlib": "bench",
-          "tritonclient": "triton", "google": "triton"}
+          "tritonclient": "triton", "google": "triton", "ray": "ray"}
 
 app = typer.Typer(help="Train GAN generators, export them, and sample them in production.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -307,6 +307,8 @@ def serve(
     timeout_s: float = typer.Option(30.0, "--timeout-s", min=0.001, help="A request waiting longer gets 504."),
     batching: bool = typer.Option(
         True, "--batching/--no-batching", help="Coalesce requests into backend batches (off: one call each)."),
+    ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve replicas (a local Ray, or RAY_ADDRESS's)."),
+    replicas: int = typer.Option(2, "--replicas", min=1, max=64, help="With --ray: replicas, each its own Sampler."),
     client_timeout_s: float = typer.Option(
         10.0, "--client-timeout-s", min=0.1,
         help="A request's headers, then its body, must arrive within this; slower clients are dropped."),
@@ -328,7 +330,13 @@ def serve(
                                max_images_per_request=max_images_per_request, timeout_s=timeout_s,
                                batching=batching, workers=workers, host=host, port=port,
                                client_timeout_s=client_timeout_s)
-        run_server(export_dir if export_dir is not None else latest_export(), options, log=typer.echo)
+        folder = export_dir if export_dir is not None else latest_export()
+        if ray:
+            from .serve.ray import serve_ray
+
+            serve_ray(folder, options, replicas, log=typer.echo)
+            return
+        run_server(folder, options, log=typer.echo)
 
 
 def _number_list(text: str | None, flag: str, kind=int, count: int | None = None):
@@ -352,6 +360,34 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise UserError(f"{flag}: sizes must be positive integers")
     return values
+
+
+@app.command()
+def generate(
+    export_dir: str = typer.Argument(..., help="An export folder (or a run folder, with the torch backend)."),
+    n: int = typer.Option(..., "--n", min=1, help="Images to write: 0..N-1 of --seed."),
+    out: str = typer.Option(
+        ..., "--out", help="Folder for the shards and shards.json (new, empty, or a killed run's)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed: image k of it is the same as everywhere else."),
+    labels: Optional[int] = typer.Option(
+        None, "--labels", min=0,
+        help="Conditional models: one class for every image (default: image k gets k % classes)."),
+    fmt: str = typer.Option("npz", "--format", help="npz (fastest), tar (WebDataset: key.png + key.json) or png."),
+    shard_size: int = typer.Option(4096, "--shard-size", min=1, help="Images per shard file."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch, onnxruntime or tensorrt."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with images/s."),
+):
+    """Write many images as shards with a shards.json (index range, count, sha256 each); a killed run resumes where
+    it stopped, and its shards come out byte for byte as an uninterrupted run's."""
+    with _errors():
+        from .runtime.generate import Plan
+        from .runtime.generate import generate as run_generate
+
+        plan = Plan(n=n, seed=seed, label=labels, format=fmt, shard_size=shard_size)
+        run_generate(export_dir, out, plan, backend=backend, device=device, precision=precision, progress=progress,
+                     log=typer.echo)
 
 
 @app.command()

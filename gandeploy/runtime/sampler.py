@@ -74,7 +74,7 @@ class Sampler:
         self.output_kind = "uint8" if "uint8" in self.backend.kinds else "float"
         self._dim, self._classes = self.config["latent_dim"], self.config["num_classes"]
         self._front_settings = {}
-        self._front: BatchingFront | None = None
+        self._fronts: dict[str, BatchingFront] = {}
         self.info = {"path": str(self.path), "backend": self.backend.name, "device": device,
                      "precision": precision, "max_batch": self.max_batch, "why": why,
                      "provider": getattr(self.backend, "provider", None), "generator": dict(self.config)}
@@ -174,7 +174,7 @@ class Sampler:
         free (Triton's default), or, with max_delay_ms > 0, what arrives within that delay. max_queue counts
         images; `workers` batches may run at once (Triton's instance count); on_batch(images, requests) hears the
         size of every batch."""
-        if self._front is not None:
+        if self._fronts:
             raise SamplerError("batching() must come before the first submit()")
         if max_delay_ms < 0 or max_queue < 1 or workers < 1:
             raise SamplerError(f"batching needs max_delay_ms >= 0, max_queue >= 1 and workers >= 1, got "
@@ -188,20 +188,36 @@ class Sampler:
         full."""
         z = self.latents(n, seed)
         labels = self.check_labels(labels, n)
-        front = self._front
+        return self._front_for("uint8").submit(z, labels)
+
+    def submit_latents(self, z, labels=None, kind: str | None = None) -> Future:
+        """Your latents through the batching front: a Future of the export's own output (uint8 (n, h, w, c) or
+        float32 (n, c, h, w)), or of `kind`. What the Open Inference Protocol endpoint uses."""
+        z = self._check_z(z)
+        labels = self.check_labels(labels, len(z))
+        kind = kind or self.source.output_kind
+        if kind == "float" and "float" not in self.backend.kinds:
+            raise SamplerError(f"{self.path} was exported with uint8 output, which has no float images")
+        return self._front_for(kind).submit(z, labels)
+
+    def _front_for(self, kind: str) -> BatchingFront:
+        """One front per output kind, made once under the lock however many threads ask first. The queue limit is
+        shared: each front gets the whole limit, so at most two kinds' worth can wait (one for most exports)."""
+        front = self._fronts.get(kind)
         if front is None:
             with self._lock:
                 self._check_open()
-                if self._front is None:
-                    self._front = BatchingFront(lambda zz, ll: self._run(zz, ll, "uint8"), self.max_batch,
-                                                **self._front_settings)
-                front = self._front
-        return front.submit(z, labels)
+                front = self._fronts.get(kind)
+                if front is None:
+                    front = BatchingFront(lambda zz, ll: self._run(zz, ll, kind), self.max_batch,
+                                          **self._front_settings)
+                    self._fronts[kind] = front
+        return front
 
     @property
     def queued(self) -> int:
-        """Images waiting in the batching front's queue (not counting the batch being computed)."""
-        return self._front.queued if self._front is not None else 0
+        """Images waiting in the batching fronts' queues (not counting the batches being computed)."""
+        return sum(front.queued for front in list(self._fronts.values()))
 
     async def asample(self, n: int, seed: int, labels=None) -> np.ndarray:
         """The asyncio form of submit."""
@@ -213,8 +229,8 @@ class Sampler:
             if self._closed:
                 return
             self._closed = True
-            front, self._front = self._front, None
-        if front is not None:
+            fronts, self._fronts = list(self._fronts.values()), {}
+        for front in fronts:
             front.close()
         self.backend.close()
 

@@ -169,19 +169,26 @@ class Service:
         return Ask(n, seed, labels, fmt, scale)
 
     async def images(self, ask: Ask) -> np.ndarray:
+        """uint8 images 0..n-1 of the ask's seed."""
+        return await self.compute(self.sampler.latents(ask.n, ask.seed), ask.labels, "uint8")
+
+    async def compute(self, z: np.ndarray, labels: np.ndarray | None, kind: str) -> np.ndarray:
+        """Checked latents through the batching front (or, with batching off, one backend call on the runners):
+        what both the v1 API and the Open Inference Protocol endpoint serve."""
         if not self.ready:
             raise Problem(503, self.failed or "the model is warming up; retry in a second", retry_after=RETRY_AFTER_S)
+        n = len(z)
         if self.options.batching:
             try:
-                future = self.sampler.submit(ask.n, ask.seed, ask.labels)
+                future = self.sampler.submit_latents(z, labels, kind)
             except Overloaded as e:
                 raise Problem(503, str(e), retry_after=RETRY_AFTER_S) from None
         else:
-            if self.unbatched + ask.n > self.options.max_queue:
+            if self.unbatched + n > self.options.max_queue:
                 raise Problem(503, f"queue full ({self.unbatched} images in flight, limit {self.options.max_queue}); "
                                    f"retry later or raise --max-queue", retry_after=RETRY_AFTER_S)
-            self.unbatched += ask.n
-            future = self.runners.submit(self._unbatched, ask)
+            self.unbatched += n
+            future = self.runners.submit(self._unbatched, z, labels, kind)
         try:
             # on timeout the wrapper is cancelled, which cancels the request too if no batch has taken it yet
             return await asyncio.wait_for(asyncio.wrap_future(future), self.options.timeout_s)
@@ -190,11 +197,11 @@ class Service:
                                f"retry, or start the server with a higher --timeout-s") from None
         finally:
             if not self.options.batching:
-                self.unbatched -= ask.n
+                self.unbatched -= n
 
-    def _unbatched(self, ask: Ask) -> np.ndarray:
-        self.metrics.observe_batch(ask.n, 1)
-        return self.sampler.sample(ask.n, ask.seed, ask.labels)
+    def _unbatched(self, z: np.ndarray, labels, kind: str) -> np.ndarray:
+        self.metrics.observe_batch(len(z), 1)
+        return self.sampler._run(z, labels, kind)
 
     async def encode(self, images: np.ndarray, ask: Ask) -> Response:
         headers = {"X-Gandeploy-Seed": str(ask.seed), "X-Gandeploy-Images": str(ask.n)}
@@ -316,7 +323,10 @@ def create_app(export_dir: str | Path, options: ServeOptions | None = None) -> S
         yield
         service.close()
 
+    from .oip import routes as oip_routes
+
     routes = [
+        *oip_routes(service),
         Route("/v1/generate", generate, methods=["GET", "POST"]),
         Route("/v1/model", endpoint("model", lambda: JSONResponse(service.model()))),
         Route("/healthz", endpoint("healthz", lambda: JSONResponse({"status": "alive"}))),

@@ -1,0 +1,212 @@
+"""`gandeploy generate`: many images from an export, written as shards a training pipeline reads directly.
+
+Image k of seed s is the same as everywhere else (the Sampler, the server). Shard i holds images
+[i * shard_size, (i + 1) * shard_size); each is written atomically and recorded with its index range and sha256 in
+`shards.json`, so a killed run resumes where it stopped: finished shards are checked and skipped. Shard bytes
+depend on (export, seed, labels, shard size, format) alone, not on the run that wrote them (fixed timestamps and
+owners in the archives), so a resumed run's shards equal an uninterrupted run's byte for byte.
+
+Formats: `npz` (images uint8 (k, h, w, c), index int64 (k,), labels int64 (k,) for conditional models; stored
+uncompressed, fastest), `tar` (WebDataset: `{key}.png` + `{key}.json` with seed, index and label per image), `png`
+(a folder per shard, one PNG per image).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..formats.files import atomic_dir, atomic_path, atomic_write_text, sha256, sweep
+from ..formats.images import png, to_uint8
+from ..latents import latents
+from .sampler import Sampler
+
+FORMATS = ("npz", "tar", "png")
+MANIFEST = "shards.json"
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: archives without the time they were written
+
+
+@dataclass
+class Plan:
+    n: int
+    seed: int
+    label: int | None  # one label for every image; None: k % classes for conditional models
+    format: str
+    shard_size: int
+
+    def shards(self) -> list[tuple[int, int]]:
+        return [(start, min(self.shard_size, self.n - start)) for start in range(0, self.n, self.shard_size)]
+
+
+def generate(export_dir: str | Path, out: str | Path, plan: Plan, backend: str = "auto", device: str = "auto",
+             precision: str = "fp32", progress: bool = True, log=print) -> dict:
+    """Write (or finish) the shards of `plan` into `out`; returns the shards manifest."""
+    out = Path(out)
+    _check(plan)
+    with Sampler(export_dir, backend=backend, device=device, precision=precision) as sampler:
+        classes = sampler.config["num_classes"]
+        if plan.label is not None:
+            sampler.check_labels(plan.label, 1)  # a label this generator has
+        header = {"export": sampler.manifest["name"] if sampler.manifest else str(export_dir),
+                  "weights": _identity(sampler), "seed": plan.seed, "n": plan.n, "shard_size": plan.shard_size,
+                  "format": plan.format, "labels": plan.label if plan.label is not None else
+                  ("k % num_classes" if classes else None)}
+        record = _start(out, header)
+        done = {s["start"]: s for s in record["shards"] if _intact(out, s)}
+        record["shards"] = sorted(done.values(), key=lambda s: s["start"])
+        todo = [(start, count) for start, count in plan.shards() if start not in done]
+        if done:
+            log(f"resuming {out}: {len(done)} shard(s) done and checked, {len(todo)} to write")
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=plan.n, initial=plan.n - sum(c for _, c in todo), unit="img", disable=not progress,
+                   desc="generate")
+        started, written = time.perf_counter(), 0
+        try:
+            for start, count in todo:
+                z = latents(plan.seed, count, sampler.config["latent_dim"], start)
+                labels = _labels(plan, classes, start, count)
+                images = sampler.run(z, labels)
+                if images.dtype != np.uint8:  # a float export: the same conversion as the uint8 graph
+                    images = to_uint8(images, sampler.config["value_range"])
+                entry = _write_shard(out, plan, start, images, labels)
+                record["shards"] = sorted([*record["shards"], entry], key=lambda s: s["start"])
+                atomic_write_text(out / MANIFEST, json.dumps(record, indent=1) + "\n")
+                written += count
+                bar.update(count)
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - started
+        record["complete"] = len(record["shards"]) == len(plan.shards())
+        atomic_write_text(out / MANIFEST, json.dumps(record, indent=1) + "\n")
+        rate = f", {written / elapsed:,.0f} images/s" if written and elapsed > 0 else ""
+        log(f"wrote {written} images in {len(todo)} shard(s) to {out} ({plan.format}{rate}); "
+            f"{plan.n} images in {len(record['shards'])} shard(s) in all")
+        return record
+
+
+def _check(plan: Plan) -> None:
+    if plan.format not in FORMATS:
+        raise UserError(f"--format {plan.format!r}: expected one of {', '.join(FORMATS)}")
+    if not 1 <= plan.n <= 10**10:
+        raise UserError(f"--n {plan.n}: expected 1 to 10,000,000,000 images")
+    if not 1 <= plan.shard_size <= 10**6:
+        raise UserError(f"--shard-size {plan.shard_size}: expected 1 to 1,000,000 images per shard")
+    if not 0 <= plan.seed < 2**64:
+        raise UserError(f"--seed {plan.seed}: expected 0 to 2**64 - 1")
+
+
+def _identity(sampler: Sampler) -> str | None:
+    """What the images come from: the ONNX file's checksum of an export (a re-export changes it)."""
+    artifacts = (sampler.manifest or {}).get("artifacts", {})
+    entry = artifacts.get("generator.onnx") or artifacts.get("generator/model.safetensors")
+    return entry["sha256"] if entry else None
+
+
+def _start(out: Path, header: dict) -> dict:
+    """The shards manifest of a run into `out`: a new one, or the one a killed run left, if it is the same plan."""
+    path = out / MANIFEST
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+            ok = isinstance(record, dict) and isinstance(record.get("shards"), list)
+        except (ValueError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            raise UserError(f"{path} is damaged; move {out} away (or delete it) and generate again")
+        different = [k for k, v in header.items() if record.get(k) != v]
+        if different:
+            k = different[0]
+            raise UserError(f"--out {out} holds another generation ({k} {record.get(k)!r}, now {header[k]!r}); "
+                            f"choose another --out, or generate with the same settings to finish it")
+        sweep(out)
+        return record
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} is not empty and holds no {MANIFEST}: nothing there is replaced; choose an "
+                        f"empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".gandeploy").write_text(json.dumps({"kind": "shards", "written_by": "gandeploy"}) + "\n")
+    return {**header, "shards": []}
+
+
+def _intact(out: Path, entry: dict) -> bool:
+    file = out / str(entry.get("file", ""))
+    if not (isinstance(entry.get("file"), str) and "/" not in entry["file"] and not entry["file"].startswith(".")):
+        return False
+    if file.is_dir():
+        return entry.get("sha256") == _folder_digest(file)
+    return file.is_file() and entry.get("sha256") == sha256(file)
+
+
+def _labels(plan: Plan, classes: int, start: int, count: int) -> np.ndarray | None:
+    if not classes:
+        return None
+    if plan.label is not None:
+        return np.full(count, plan.label, dtype=np.int64)
+    return (np.arange(start, start + count, dtype=np.int64) % classes)
+
+
+def _key(seed: int, index: int) -> str:
+    return f"s{seed}-{index:010d}"  # WebDataset keys: no dots; the extension names the field
+
+
+def _write_shard(out: Path, plan: Plan, start: int, images: np.ndarray, labels) -> dict:
+    number = start // plan.shard_size
+    index = np.arange(start, start + len(images), dtype=np.int64)
+    if plan.format == "png":
+        name = f"shard-{number:06d}"
+        with atomic_dir(out / name) as tmp:
+            for k, image in zip(index, images):
+                (tmp / f"{_key(plan.seed, int(k))}.png").write_bytes(png(image))
+        digest = _folder_digest(out / name)
+    else:
+        name = f"shard-{number:06d}.{plan.format}"
+        data = _npz(images, index, labels) if plan.format == "npz" else _tar(plan.seed, images, index, labels)
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes(data)
+        digest = sha256(out / name)
+    return {"file": name, "start": start, "count": len(images), "sha256": digest}
+
+
+def _npz(images, index, labels) -> bytes:
+    """An .npz (np.load reads it) with fixed timestamps, uncompressed: the same bytes for the same arrays."""
+    arrays = {"images": images, "index": index, **({"labels": labels} if labels is not None else {})}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for key, array in arrays.items():
+            data = io.BytesIO()
+            np.lib.format.write_array(data, np.ascontiguousarray(array), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=_EPOCH), data.getvalue())
+    return buffer.getvalue()
+
+
+def _tar(seed: int, images, index, labels) -> bytes:
+    """WebDataset layout: `{key}.png` and `{key}.json` side by side, in index order, no times or owners."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for k, image in enumerate(images):
+            key = _key(seed, int(index[k]))
+            meta = {"seed": seed, "index": int(index[k]),
+                    **({"label": int(labels[k])} if labels is not None else {})}
+            for name, data in ((f"{key}.png", png(image)), (f"{key}.json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _folder_digest(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.iterdir() if p.name != ".gandeploy"):
+        digest.update(file.name.encode() + b"\0" + bytes.fromhex(sha256(file)))
+    return digest.hexdigest()
