@@ -378,6 +378,8 @@ def generate(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with images/s."),
+    ray: int = typer.Option(0, "--ray", min=0, max=1024,
+                            help="Write the shards with this many Ray actors (local Ray, or RAY_ADDRESS's)."),
 ):
     """Write many images as shards with a shards.json (index range, count, sha256 each); a killed run resumes where
     it stopped, and its shards come out byte for byte as an uninterrupted run's."""
@@ -387,7 +389,7 @@ def generate(
 
         plan = Plan(n=n, seed=seed, label=labels, format=fmt, shard_size=shard_size)
         run_generate(export_dir, out, plan, backend=backend, device=device, precision=precision, progress=progress,
-                     log=typer.echo)
+                     log=typer.echo, ray_workers=ray)
 
 
 @app.command()

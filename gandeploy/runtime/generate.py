@@ -47,8 +47,10 @@ class Plan:
 
 
 def generate(export_dir: str | Path, out: str | Path, plan: Plan, backend: str = "auto", device: str = "auto",
-             precision: str = "fp32", progress: bool = True, log=print) -> dict:
-    """Write (or finish) the shards of `plan` into `out`; returns the shards manifest."""
+             precision: str = "fp32", progress: bool = True, log=print, ray_workers: int = 0) -> dict:
+    """Write (or finish) the shards of `plan` into `out`; returns the shards manifest. With ray_workers > 0 the
+    shards are written by that many Ray actors (a local Ray instance, or RAY_ADDRESS's cluster, whose workers see
+    `out`), each with its own Sampler: the same bytes as a local run."""
     out = Path(out)
     _check(plan)
     with Sampler(export_dir, backend=backend, device=device, precision=precision) as sampler:
@@ -70,18 +72,14 @@ def generate(export_dir: str | Path, out: str | Path, plan: Plan, backend: str =
         bar = tqdm(total=plan.n, initial=plan.n - sum(c for _, c in todo), unit="img", disable=not progress,
                    desc="generate")
         started, written = time.perf_counter(), 0
+        shards = _on_ray(export_dir, out, plan, todo, ray_workers, backend, device, precision) if ray_workers else \
+            (write_shard(sampler, out, plan, start, count) for start, count in todo)
         try:
-            for start, count in todo:
-                z = latents(plan.seed, count, sampler.config["latent_dim"], start)
-                labels = _labels(plan, classes, start, count)
-                images = sampler.run(z, labels)
-                if images.dtype != np.uint8:  # a float export: the same conversion as the uint8 graph
-                    images = to_uint8(images, sampler.config["value_range"])
-                entry = _write_shard(out, plan, start, images, labels)
+            for entry in shards:
                 record["shards"] = sorted([*record["shards"], entry], key=lambda s: s["start"])
                 atomic_write_text(out / MANIFEST, json.dumps(record, indent=1) + "\n")
-                written += count
-                bar.update(count)
+                written += entry["count"]
+                bar.update(entry["count"])
         finally:
             bar.close()
         elapsed = time.perf_counter() - started
@@ -91,6 +89,39 @@ def generate(export_dir: str | Path, out: str | Path, plan: Plan, backend: str =
         log(f"wrote {written} images in {len(todo)} shard(s) to {out} ({plan.format}{rate}); "
             f"{plan.n} images in {len(record['shards'])} shard(s) in all")
         return record
+
+
+def write_shard(sampler: Sampler, out: Path, plan: Plan, start: int, count: int) -> dict:
+    """Compute images start..start+count-1 and write their shard; returns its shards.json entry."""
+    z = latents(plan.seed, count, sampler.config["latent_dim"], start)
+    labels = _labels(plan, sampler.config["num_classes"], start, count)
+    images = sampler.run(z, labels)
+    if images.dtype != np.uint8:  # a float export: the same conversion as the uint8 graph
+        images = to_uint8(images, sampler.config["value_range"])
+    return _write_shard(out, plan, start, images, labels)
+
+
+def _on_ray(export_dir, out: Path, plan: Plan, todo, workers: int, backend, device, precision):
+    """Shards written by Ray actors, each holding a Sampler; entries yielded as shards finish."""
+    try:
+        import ray
+    except ImportError as e:
+        raise UserError(f"--ray needs Ray ({e}); pip install 'gandeploy[ray]'") from None
+
+    source, target = str(Path(export_dir).resolve()), out.resolve()  # workers run in folders of their own
+
+    @ray.remote
+    class Writer:
+        def __init__(self):
+            self.sampler = Sampler(source, backend=backend, device=device, precision=precision)
+
+        def write(self, start: int, count: int) -> dict:
+            return write_shard(self.sampler, target, plan, start, count)
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    pool = ray.util.ActorPool([Writer.remote() for _ in range(min(workers, max(1, len(todo))))])
+    yield from pool.map_unordered(lambda actor, job: actor.write.remote(*job), todo)
 
 
 def _check(plan: Plan) -> None:
