@@ -234,18 +234,24 @@ def _fid_rows(results: dict, samplers: dict, options: BenchOptions, classes) -> 
         warnings.simplefilter("ignore")
         net = fid.load_feature_net(options.device if options.device != "auto" else
                                    samplers[("torch", "fp32")].info["device"])
-    real_images, real_what = fid.load_images(options.real, n)
-    real = fid.real_statistics(real_images, net, progress=options.progress)
-    labels = None if classes is None else np.arange(n) % classes
+    from .metrics.quality import kid
 
-    def score(sampler, seed):
-        stats = fid.statistics(net(sampler.sample(n, seed, labels)))
-        return fid.frechet_distance(*stats, *real)
+    real_images, real_what = fid.load_images(options.real, n)
+    real_features = fid.real_features(real_images, net, progress=options.progress)
+    real = fid.statistics(real_features)
+    labels = None if classes is None else np.arange(n) % classes
+    kids = {}
+
+    def score(sampler, seed, key=None):
+        features = net(sampler.sample(n, seed, labels))
+        if key is not None:  # KID beside FID: unbiased, the one to read at small N
+            kids[key] = kid(real_features, features)
+        return fid.frechet_distance(*fid.statistics(features), *real)
 
     items = list(samplers.items())
     values = {}
     for (backend, precision), sampler in tqdm(items, desc="FID", unit="backend", disable=not options.progress):
-        values[(backend, precision)] = score(sampler, 0)
+        values[(backend, precision)] = score(sampler, 0, (backend, precision))
     reference = values[("torch", "fp32")]
     floor = abs(score(samplers[("torch", "fp32")], 1) - reference)
     results["fid"] = {"n": n, "real": real_what, "real_n": len(real_images), "network": net.name,
@@ -258,6 +264,7 @@ def _fid_rows(results: dict, samplers: dict, options: BenchOptions, classes) -> 
         key = (row["backend"], row["precision"])
         row["fid"] = values[key]
         row["fid_delta"] = values[key] - reference
+        row["kid"], row["kid_std"] = kids[key]
 
 
 # ---- reports ---------------------------------------------------------------------------------------------------------
@@ -287,16 +294,17 @@ def render_markdown(r: dict) -> str:
                      f"{s['images_per_s']:,.0f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} |")
     lines += ["", "## Parity against torch FP32 (same latents)", "",
               "| backend | precision | against | max abs err (levels) | uint8 pixels differing | PSNR dB | FID | "
-              "FID delta | verdict |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "FID delta | KID | verdict |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in r["parity"]:
         psnr = "identical" if p["psnr_db"] is None else f"{p['psnr_db']:.1f}"
         fid_value = f"{p['fid']:.2f}" if "fid" in p else "-"
         delta = f"{p['fid_delta']:+.3f}" if "fid_delta" in p else "-"
+        kid_value = f"{p['kid']:.4f} +- {p['kid_std']:.4f}" if "kid" in p else "-"
         verdict = "PASSED" if p["passed"] else "FAILED"
         lines.append(f"| {p['backend']} | {p['precision']} | {p['reference']} ({p['n']}) | {p['max_abs_err']} | "
                      f"{100 * p['uint8_differing']:.3g}% | "
-                     f"{psnr} | {fid_value} | {delta} | {verdict} ({p['tolerance']}) |")
+                     f"{psnr} | {fid_value} | {delta} | {kid_value} | {verdict} ({p['tolerance']}) |")
     if "fid" in r:
         f = r["fid"]
         lines += ["", f"FID: N={f['n']} generated (seed 0) against N={f['real_n']} {f['real']}, network "

@@ -255,6 +255,9 @@ def fid(
         real_n = f"N={result['real_n']} " if result["real_n"] else ""
         typer.echo(f"FID {result['fid']:.2f}  ({result['source']}, N={result['n']}; against {real_n}"
                    f"{result['real']}; network: {result['network']})")
+        if "kid" in result:
+            typer.echo(f"KID {result['kid']:.5f} +- {result['kid_std']:.5f}  (unbiased, std over 100 subsets)")
+            typer.echo(f"precision {result['precision']:.3f}, recall {result['recall']:.3f}  (k=3)")
 
 
 @app.command()

