@@ -77,6 +77,10 @@ class TrainConfig:
     log_every: int = field(default=50, metadata=_range(1))
     grid_size: int = field(default=64, metadata=_range(1, 1024))  # images in each sample grid
     standing_stats_batches: int = field(default=16, metadata=_range(0))  # BatchNorm statistics for the EMA G
+    # FID (and KID) of the EMA generator at every eval_every steps (0: off), from eval_samples images against as many
+    # of the training images; generator/ then holds the best by FID and generator-latest/ the latest
+    eval_every: int = field(default=0, metadata=_range(0))
+    eval_samples: int = field(default=2048, metadata=_range(2))
 
 
 @dataclass
@@ -242,6 +246,10 @@ def check_recipe(recipe: Recipe) -> None:
     from .nets import FAMILIES, RESOLUTIONS
 
     from .formats.names import check_name
+
+    if recipe.train.eval_every and recipe.data.source == "folder":
+        raise RecipeError("train.eval_every: FID during training needs the data in memory (data.source mnist, npz or "
+                          "torchvision); measure a folder run afterwards with `gandeploy fid RUN --real FOLDER`")
 
     check_name(recipe.name, "name: the run folder name", RecipeError)  # runs/<name>: never a path of its own
     if recipe.model.name not in FAMILIES:

@@ -154,6 +154,8 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.rng = torch.Generator(dev)
+        self.best = {"fid": None, "step": None}  # FID-tracked training: the best evaluation so far
+        self._fid = None  # (feature network, real features), loaded at the first evaluation
 
     # -- state ----------------------------------------------------------------------------------------------
 
@@ -161,7 +163,8 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"step": self.step, "elapsed": self.elapsed, "G": self.G.state_dict(), "D": self.D.state_dict(),
+        return {"step": self.step, "elapsed": self.elapsed, "best": dict(self.best),
+                "G": self.G.state_dict(), "D": self.D.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng}
@@ -183,6 +186,7 @@ class Trainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.best = dict(state.get("best") or {"fid": None, "step": None})
 
     def resume(self) -> Path | None:
         """Load the newest readable checkpoint; an unreadable one is reported and the one before it used. When
@@ -275,21 +279,53 @@ class Trainer:
     # -- outputs -----------------------------------------------------------------------------------------------
 
     def export_generator(self) -> nn.Module:
-        """Write generator/ (EMA weights with standing statistics when EMA is on) and a grid from it."""
+        """The EMA weights with standing statistics (when EMA is on), written to the generator folder of the latest
+        step (generator/, or generator-latest/ when FID tracking is on), with a grid."""
         t = self.recipe.train
         source = self.ema if self.ema is not None else self.G
         model = standing_statistics(source, t.standing_stats_batches, t.batch_size, self.device, t.seed)
-        save_generator(self.run_dir / "generator", model,
-                       {**self.gen_config, "run_name": self.recipe.name, "step": self.step})
+        self.write_generator(model, latest_dir(self.run_dir, t))
         save_grid(sample_images(model, t.grid_size, seed=0), self.run_dir / "samples" / f"step-{self.step:07d}.png")
         return model
 
-    def checkpoint(self) -> None:
+    def write_generator(self, model: nn.Module, folder: Path, **extra) -> None:
+        save_generator(folder, model, {**self.gen_config, "run_name": self.recipe.name, "step": self.step, **extra})
+
+    def evaluate(self, model: nn.Module) -> dict:
+        """FID and KID of `model` (images 0..n-1 of seed 0) against the first n training images."""
+        from .metrics import fid
+        from .metrics.quality import kid
+
+        n = self.recipe.train.eval_samples
+        if self._fid is None:
+            net = fid.load_feature_net(self.device if self.device.type == "cuda" else "cpu")
+            real = self.data.images[:n].permute(0, 2, 3, 1).numpy()  # uint8 (n, h, w, c)
+            self._fid = net, fid.real_features(real, net)
+        net, real = self._fid
+        features = net(sample_images(model, min(n, len(real)), seed=0))
+        value = fid.frechet_distance(*fid.statistics(features), *fid.statistics(real))
+        kid_mean, kid_std = kid(real, features)
+        return {"step": self.step, "fid": value, "kid": kid_mean, "kid_std": kid_std, "eval_samples": len(features)}
+
+    def checkpoint(self, log=None) -> None:
+        t = self.recipe.train
+        source = self.ema if self.ema is not None else self.G
+        scores = None
+        if t.eval_every and (self.step % t.eval_every == 0 or self.step == t.steps):
+            model = standing_statistics(source, t.standing_stats_batches, t.batch_size, self.device, t.seed)
+            scores = self.evaluate(model)
+            if self.best["fid"] is None or scores["fid"] < self.best["fid"]:
+                self.best = {"fid": scores["fid"], "step": self.step}
         folder = self.run_dir / "checkpoints"
         save_checkpoint(folder / f"step-{self.step:07d}.safetensors", self.state())
         for old in list_checkpoints(self.run_dir)[:-self.recipe.train.keep_checkpoints]:
             old.unlink(missing_ok=True)
-        self.export_generator()
+        model = self.export_generator()
+        if scores is not None:
+            if log is not None:
+                log.write(scores)
+            if self.best["step"] == self.step:  # generator/ holds the best by FID (StudioGAN keeps best and last)
+                self.write_generator(model, self.run_dir / "generator", fid=scores["fid"])
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
@@ -325,7 +361,7 @@ class Trainer:
                                     img_s=f"{last['images_per_s']:.0f}")
                     window, window_start, tick = [], self.step, time.perf_counter()
                     if at_checkpoint and self.world.main:
-                        self.checkpoint()
+                        self.checkpoint(log)
                         tick = time.perf_counter()
         finally:
             bar.close()
@@ -428,10 +464,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def generator_step(run_dir: Path) -> int | None:
-    """The step generator/config.json records; None when there is no readable one."""
+def latest_dir(run_dir: Path, t) -> Path:
+    """Where the latest step's generator goes: generator/ itself, or generator-latest/ when generator/ keeps the
+    best by FID."""
+    return Path(run_dir) / ("generator-latest" if t.eval_every else "generator")
+
+
+def generator_step(run_dir: Path, name: str = "generator") -> int | None:
+    """The step <name>/config.json records; None when there is no readable one."""
     try:
-        step = json.loads((Path(run_dir) / "generator" / "config.json").read_text()).get("step")
+        step = json.loads((Path(run_dir) / name / "config.json").read_text()).get("step")
     except (OSError, ValueError, AttributeError):
         return None
     return step if isinstance(step, int) else None
@@ -452,6 +494,7 @@ def new_run_dir(root: Path, name: str) -> Path:
 # What may differ between a run's recipe.yaml and a resumed run: schedules, rates and housekeeping, nothing that
 # shapes the models, the data or the meaning of a step.
 RESUMABLE_CHANGES = ("train.steps", "optim.g_lr", "optim.d_lr", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.eval_every", "train.eval_samples",
                      "train.log_every", "train.grid_size", "data.workers")
 
 
@@ -507,7 +550,8 @@ def train(recipe: Recipe, run_dir: str | Path, device: str = "auto", resume: boo
         if resume and resumed is None and world.main:
             print(f"no checkpoint in {run_dir}/checkpoints yet: starting from step 0", file=sys.stderr)
         if world.main:
-            for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples", run_dir / "generator"):
+            for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples", run_dir / "generator",
+                           run_dir / "generator-latest"):
                 sweep(folder)  # temporary files of killed runs of this folder
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
@@ -517,10 +561,12 @@ def train(recipe: Recipe, run_dir: str | Path, device: str = "auto", resume: boo
         last = trainer.fit() if trainer.step < recipe.train.steps else {"step": trainer.step}
         if world.main and latest_checkpoint(run_dir) is None:
             trainer.checkpoint()
-        elif world.main and generator_step(run_dir) != trainer.step:
+        elif world.main and generator_step(run_dir, latest_dir(run_dir, recipe.train).name) != trainer.step:
             # killed between the last checkpoint and generator/ (or during its update): write it from that state
             print(f"generator/ is behind the checkpoint of step {trainer.step}: writing it again", file=sys.stderr)
-            trainer.export_generator()
+            model = trainer.export_generator()
+            if trainer.best["step"] == trainer.step:  # the best was this very step: its generator/ too
+                trainer.write_generator(model, run_dir / "generator", fid=trainer.best["fid"])
         return last
     finally:
         distributed.shutdown(world)
