@@ -247,6 +247,9 @@ def check_recipe(recipe: Recipe) -> None:
 
     from .formats.names import check_name
 
+    if recipe.train.eval_every and recipe.train.eval_every % recipe.train.checkpoint_every:
+        raise RecipeError(f"train.eval_every {recipe.train.eval_every}: evaluations happen at checkpoints; make it a "
+                          f"multiple of train.checkpoint_every ({recipe.train.checkpoint_every})")
     if recipe.train.eval_every and recipe.data.source == "folder":
         raise RecipeError("train.eval_every: FID during training needs the data in memory (data.source mnist, npz or "
                           "torchvision); measure a folder run afterwards with `gandeploy fid RUN --real FOLDER`")

@@ -494,7 +494,7 @@ def new_run_dir(root: Path, name: str) -> Path:
 # What may differ between a run's recipe.yaml and a resumed run: schedules, rates and housekeeping, nothing that
 # shapes the models, the data or the meaning of a step.
 RESUMABLE_CHANGES = ("train.steps", "optim.g_lr", "optim.d_lr", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.eval_every", "train.eval_samples",
+                     "train.eval_every",
                      "train.log_every", "train.grid_size", "data.workers")
 
 
@@ -550,9 +550,10 @@ def train(recipe: Recipe, run_dir: str | Path, device: str = "auto", resume: boo
         if resume and resumed is None and world.main:
             print(f"no checkpoint in {run_dir}/checkpoints yet: starting from step 0", file=sys.stderr)
         if world.main:
-            for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples", run_dir / "generator",
-                           run_dir / "generator-latest"):
-                sweep(folder)  # temporary files of killed runs of this folder
+            ours = {"generator", "generator-latest", "recipe.yaml", "log.jsonl"}
+            sweep(run_dir, names=ours)  # temporary files of killed runs of this folder
+            for folder in ("checkpoints", "samples", "generator", "generator-latest"):
+                sweep(run_dir / folder)
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
             what = f"resuming at step {trainer.step}" if resumed else "training"
@@ -567,6 +568,13 @@ def train(recipe: Recipe, run_dir: str | Path, device: str = "auto", resume: boo
             model = trainer.export_generator()
             if trainer.best["step"] == trainer.step:  # the best was this very step: its generator/ too
                 trainer.write_generator(model, run_dir / "generator", fid=trainer.best["fid"])
+        elif world.main and trainer.best["step"] == trainer.step and generator_step(run_dir) != trainer.step:
+            # killed after generator-latest/ but before (or while) the best generator/ was written
+            print(f"generator/ is behind the best (step {trainer.step}): writing it again", file=sys.stderr)
+            source = trainer.ema if trainer.ema is not None else trainer.G
+            t = recipe.train
+            model = standing_statistics(source, t.standing_stats_batches, t.batch_size, trainer.device, t.seed)
+            trainer.write_generator(model, run_dir / "generator", fid=trainer.best["fid"])
         return last
     finally:
         distributed.shutdown(world)

@@ -77,6 +77,22 @@ def test_recipe_and_manifest_names_are_checked(exports, tmp_path):
         load_export(folder)
 
 
+def test_sweep_touches_only_what_we_named_and_puts_back_a_folder_moved_aside(tmp_path):
+    from gandeploy.formats.files import sweep
+
+    dead = 2**22 + 4321
+    (tmp_path / ".tmp-notes-12").write_text("a user's file")  # not ours: left alone
+    (tmp_path / f".old-photos-{dead}").mkdir()
+    (tmp_path / f".old-photos-{dead}" / "keep.jpg").write_bytes(b"x")
+    (tmp_path / f".tmp-model-{dead}-0123abcd").mkdir()  # a killed export's half-written folder
+    aside = tmp_path / f".old-model-{dead}-89abcdef"  # killed between the two renames: model/ is missing
+    aside.mkdir()
+    (aside / "manifest.json").write_text("{}")
+    done = sweep(tmp_path, names={"model"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".old-photos-" + str(dead), ".tmp-notes-12", "model"]
+    assert (tmp_path / "model" / "manifest.json").read_text() == "{}" and len(done) == 2
+
+
 # ---- crash safety of training ----------------------------------------------------------------------------------
 
 
@@ -110,7 +126,7 @@ def test_resume_cleans_leftovers_repairs_the_log_and_refuses_what_it_cannot_use(
     run = run_copy(tiny_run, tmp_path)
     dead = 2**22 + 12345  # above any pid this machine hands out
     leftovers = [run / f".tmp-generator-{dead}-0123abcd", run / "checkpoints" / f".tmp-step-0000004.safetensors-{dead}-"
-                 f"89abcdef", run / f".old-generator-{dead}"]
+                 f"89abcdef", run / f".old-generator-{dead}-0badf00d"]
     for path in leftovers:
         path.write_bytes(b"x" * 1000)
     live = run / ".tmp-generator-1-0123abcd"  # pid 1 is alive: a writer that may still be at work

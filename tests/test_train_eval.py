@@ -50,4 +50,6 @@ def test_fid_tracked_run_keeps_best_and_latest(fid_net, tmp_path):
 
 def test_fid_tracking_needs_data_in_memory():
     with pytest.raises(RecipeError, match="train.eval_every: FID during training needs the data in memory"):
-        load_recipe(RECIPES / "dcgan_celeba.yaml", ["train.eval_every=100"])
+        load_recipe(RECIPES / "dcgan_celeba.yaml", ["train.eval_every=1000"])
+    with pytest.raises(RecipeError, match="a multiple of train.checkpoint_every"):
+        load_recipe(RECIPES / "dcgan_mnist.yaml", ["train.eval_every=700"])

@@ -89,7 +89,7 @@ def write_export(generator, config: dict, name: str, out: Path, options: ExportO
     graph = ox.ExportGraph(generator, options.output, tuple(config["value_range"]))
     seed = secrets.randbelow(2**32)  # fresh latents for the checks, recorded for reproduction
     batches = ox.verification_batches(options.min_batch, options.opt_batch, options.max_batch)
-    sweep(out.parent)  # what killed exports left beside it
+    sweep(out.parent, names={out.name})  # what killed exports of this folder left beside it
     with atomic_dir(out, kind="export") as tmp:
         ox.export_onnx(graph, config, tmp / FP32_FILE, options.opset)
         ox.check_model(tmp / FP32_FILE)

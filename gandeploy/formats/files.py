@@ -104,7 +104,7 @@ def atomic_dir(path: str | Path, kind: str | None = None):
                 _publish(file)
         old = None
         if path.exists():
-            old = path.with_name(f".old-{path.name}-{os.getpid()}")
+            old = path.with_name(f".old-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
             os.replace(path, old)
         os.replace(tmp, path)
         if old is not None:
@@ -122,7 +122,8 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-_LEFTOVER = re.compile(r"^\.(?:tmp|old)-.+?-(\d+)(?:-[0-9a-f]{8})?$")
+_TMP = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")  # what _temp_name makes
+_OLD = re.compile(r"^\.old-(?P<name>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")  # what atomic_dir moves aside
 
 
 def _alive(pid: int) -> bool:
@@ -130,25 +131,35 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
+    except (PermissionError, OverflowError):  # another user's live process; a number no pid can be
         return True
     return True
 
 
-def sweep(folder: str | Path) -> list[str]:
-    """Remove what killed writers left in `folder` (`.tmp-*`, `.old-*` of processes no longer running); returns
-    the names removed. Live writers' files carry a running pid and are left alone."""
+def sweep(folder: str | Path, names=None) -> list[str]:
+    """Clean up after killed writers in `folder`: their `.tmp-*` files and folders are removed, and a `.old-X-*`
+    folder whose X is missing (a kill between atomic_dir's two renames) is put back as X. Only entries named as we
+    name them, of processes no longer running, and, when `names` is given, only for those target names: a folder
+    that is not ours (the parent of an export, say) is only ever touched for the one name we write there."""
     folder = Path(folder)
-    removed = []
+    done = []
     if not folder.is_dir():
-        return removed
+        return done
     for entry in folder.iterdir():
-        match = _LEFTOVER.match(entry.name)
-        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+        match = _TMP.match(entry.name) or _OLD.match(entry.name)
+        if match is None or (names is not None and match["name"] not in names) or entry.is_symlink():
             continue
-        if entry.is_dir() and not entry.is_symlink():
+        pid = int(match["pid"])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        target = folder / match["name"]
+        if entry.name.startswith(".old-") and not target.exists():
+            os.replace(entry, target)  # the previous version, complete: it was renamed aside whole
+            done.append(f"{entry.name} -> {target.name}")
+        elif entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
+            done.append(entry.name)
         else:
             entry.unlink(missing_ok=True)
-        removed.append(entry.name)
-    return removed
+            done.append(entry.name)
+    return done

@@ -60,8 +60,10 @@ def generate(export_dir: str | Path, out: str | Path, plan: Plan, backend: str =
         header = {"export": sampler.manifest["name"] if sampler.manifest else str(export_dir),
                   "weights": _identity(sampler), "seed": plan.seed, "n": plan.n, "shard_size": plan.shard_size,
                   "format": plan.format, "labels": plan.label if plan.label is not None else
-                  ("k % num_classes" if classes else None)}
+                  ("k % num_classes" if classes else None),
+                  "backend": sampler.info["backend"], "precision": precision}  # shards of one run compute alike
         record = _start(out, header)
+        record["complete"] = False
         done = {s["start"]: s for s in record["shards"] if _intact(out, s)}
         record["shards"] = sorted(done.values(), key=lambda s: s["start"])
         todo = [(start, count) for start, count in plan.shards() if start not in done]
@@ -110,7 +112,11 @@ def _on_ray(export_dir, out: Path, plan: Plan, todo, workers: int, backend, devi
 
     source, target = str(Path(export_dir).resolve()), out.resolve()  # workers run in folders of their own
 
-    @ray.remote
+    from .device import cuda_device_count
+
+    gpus = 1 if device.startswith("cuda") or (device == "auto" and cuda_device_count()) else 0
+
+    @ray.remote(num_gpus=gpus)  # Ray hides GPUs from actors that ask for none
     class Writer:
         def __init__(self):
             self.sampler = Sampler(source, backend=backend, device=device, precision=precision)

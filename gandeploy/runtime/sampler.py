@@ -68,8 +68,8 @@ class Sampler:
         self.backend, device, why = self._open(backend, device, precision, options)
         if self.backend.name == "tensorrt" and self.max_batch > limit:  # auto chose TensorRT: its profile's limit
             self.max_batch = limit
-        self._lock = threading.Lock()  # guards the batching front's creation and close
-        self._closed = False
+        self._lock = threading.Lock()  # guards the batching fronts' creation and close
+        self._closed = self._backend_closed = False
         self.max_images = max_images
         self.output_kind = "uint8" if "uint8" in self.backend.kinds else "float"
         self._dim, self._classes = self.config["latent_dim"], self.config["num_classes"]
@@ -188,7 +188,7 @@ class Sampler:
         full."""
         z = self.latents(n, seed)
         labels = self.check_labels(labels, n)
-        return self._front_for("uint8").submit(z, labels)
+        return self._submit("uint8", z, labels)
 
     def submit_latents(self, z, labels=None, kind: str | None = None) -> Future:
         """Your latents through the batching front: a Future of the export's own output (uint8 (n, h, w, c) or
@@ -198,7 +198,14 @@ class Sampler:
         kind = kind or self.source.output_kind
         if kind == "float" and "float" not in self.backend.kinds:
             raise SamplerError(f"{self.path} was exported with uint8 output, which has no float images")
-        return self._front_for(kind).submit(z, labels)
+        return self._submit(kind, z, labels)
+
+    def _submit(self, kind: str, z: np.ndarray, labels) -> Future:
+        try:
+            return self._front_for(kind).submit(z, labels)
+        except RuntimeError:  # the front closed under us: close() ran meanwhile
+            self._check_open()
+            raise
 
     def _front_for(self, kind: str) -> BatchingFront:
         """One front per output kind, made once under the lock however many threads ask first. The queue limit is
@@ -224,14 +231,15 @@ class Sampler:
         return await asyncio.wrap_future(self.submit(n, seed, labels))
 
     def close(self) -> None:
-        """Finish the batches in flight, then free the backend; calls after this raise SamplerError."""
+        """Finish the batches in flight and queued, then free the backend; calls after this raise SamplerError."""
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            self._closed = True  # no new submissions
             fronts, self._fronts = list(self._fronts.values()), {}
         for front in fronts:
-            front.close()
+            front.close()  # drains: what was queued still runs on the live backend
+        self._backend_closed = True
         self.backend.close()
 
     def _check_open(self) -> None:
@@ -247,7 +255,7 @@ class Sampler:
     # ---- internals ------------------------------------------------------------------------------------------------
 
     def _run(self, z: np.ndarray, labels: np.ndarray | None, kind: str) -> np.ndarray:
-        if self._closed:
+        if self._backend_closed:
             self._check_open()
         native = kind if kind in self.backend.kinds else self.output_kind
         if len(z) <= self.max_batch:  # the common case: one backend call

@@ -8,6 +8,8 @@ same batching front as /v1/generate. Errors answer {"error": "..."} with 400 (ba
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 
 import numpy as np
@@ -18,6 +20,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..runtime import SamplerError
 
+log = logging.getLogger("gandeploy.serve")
 DATATYPES = {"FP32": np.float32, "INT64": np.int64, "UINT8": np.uint8}
 HEADER = "Inference-Header-Content-Length"
 
@@ -66,6 +69,9 @@ def routes(service) -> list[Route]:
                 response = await handler(request)
             except ProtocolError as e:
                 response = _error(e.status, e.message)
+            except Exception as e:  # one line to the client, the traceback to the log; the service lives on
+                log.exception("v2 %s failed", name)
+                response = _error(500, f"inference failed: {type(e).__name__}: {e}")
             metrics.observe(name, response.status_code, time.perf_counter() - start)
             return response
         return wrapped
@@ -107,7 +113,9 @@ def routes(service) -> list[Route]:
         answer = {"model_name": model_name(service), "model_version": "1",
                   "outputs": [{"name": "images", "datatype": out["datatype"], "shape": list(images.shape)}]}
         if "id" in header:
-            answer["id"] = header["id"]
+            answer["id"] = str(header["id"])
+        if images.dtype.kind == "f" and not np.isfinite(images).all():
+            raise ProtocolError(500, "the model produced NaN or infinity for these latents")
         if not want_binary:
             answer["outputs"][0]["data"] = images.ravel().tolist()
             return JSONResponse(answer)
@@ -207,7 +215,9 @@ def _inputs(header: dict, blobs: bytes, service) -> tuple[np.ndarray, np.ndarray
         want = spec["shape"][1:]
         if name == "label" and shape[1:] not in ([1], []) or name == "z" and shape[1:] != want:
             raise ProtocolError(400, f"input '{name}' has shape {shape}; expected [n, {', '.join(map(str, want))}]")
-        dtype, count = DATATYPES[spec["datatype"]], int(np.prod(shape))
+        dtype, count = DATATYPES[spec["datatype"]], math.prod(shape)
+        if count * np.dtype(dtype).itemsize > max(len(blobs), 64 * 1024 * 1024):
+            raise ProtocolError(400, f"input '{name}' of shape {shape} is larger than any request this server takes")
         params = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
         if "binary_data_size" in params:
             size = params["binary_data_size"]
@@ -219,7 +229,10 @@ def _inputs(header: dict, blobs: bytes, service) -> tuple[np.ndarray, np.ndarray
         else:
             data = tensor.get("data")
             try:
-                array = np.asarray(data, dtype=dtype)
+                raw = np.asarray(data)
+                if raw.dtype.kind not in ("fiu" if dtype is np.float32 else "iu"):  # no strings, no 2.9 as label 2
+                    raise TypeError(raw.dtype)
+                array = raw.astype(dtype)
             except (ValueError, TypeError, OverflowError):
                 raise ProtocolError(400, f"input '{name}': data is not {spec['datatype']} numbers") from None
             if array.size != count:

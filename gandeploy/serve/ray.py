@@ -25,9 +25,12 @@ def application(export_dir: str | Path, options: ServeOptions, replicas: int = 2
 
         return create_app(export_dir, options)
 
+    from ..runtime.device import cuda_device_count
+
+    gpus = 1 if options.device.startswith("cuda") or (options.device == "auto" and cuda_device_count()) else 0
     ingress = serve.ingress(build)()
     deployment = serve.deployment(ingress, name="gandeploy", num_replicas=replicas,
-                                  ray_actor_options={"num_cpus": cpus_per_replica},
+                                  ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus},
                                   health_check_period_s=1, graceful_shutdown_timeout_s=options.timeout_s + 5)
     return deployment.bind()
 

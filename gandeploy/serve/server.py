@@ -35,6 +35,7 @@ def guarded_protocol(header_timeout_s: float):
         _deadline = None
         _header_bytes = 0
         _in_headers = True
+        _tail = b""
 
         def connection_made(self, transport):
             super().connection_made(transport)
@@ -42,7 +43,7 @@ def guarded_protocol(header_timeout_s: float):
 
         def _arm(self):
             self._disarm()
-            self._in_headers, self._header_bytes = True, 0
+            self._in_headers, self._header_bytes, self._tail = True, 0, b""
             self._deadline = self.loop.call_later(header_timeout_s, self._too_slow)
 
         def _disarm(self):
@@ -57,8 +58,10 @@ def guarded_protocol(header_timeout_s: float):
 
         def data_received(self, data: bytes) -> None:
             if self._in_headers:  # count the bytes up to the blank line that ends the headers, not the body's
-                end = data.find(b"\r\n\r\n")
-                self._header_bytes += len(data) if end < 0 else end + 4
+                seen = self._tail + data  # the blank line may be split across two reads
+                end = seen.find(b"\r\n\r\n")
+                self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+                self._tail = seen[-3:]
                 if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
                     self._disarm()
                     self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
@@ -79,7 +82,7 @@ def guarded_protocol(header_timeout_s: float):
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
-            self._in_headers, self._header_bytes = True, 0  # the next request's headers count afresh
+            self._in_headers, self._header_bytes, self._tail = True, 0, b""  # the next request counts afresh
 
         def connection_lost(self, exc) -> None:
             self._disarm()

@@ -84,3 +84,26 @@ def test_bad_tensors_get_the_protocols_error(servers, exports):
     error = infer([("z", z, "FP32")], model="other")
     assert "unknown model 'other'" in error.message() and error.status() == "404"
     assert not c.is_model_ready("other")
+
+
+@pytest.mark.parametrize("tensor, message", [
+    ({"name": "z", "shape": [2 + 2**62, 16], "datatype": "FP32", "data": [0.0] * 32}, "larger than any request"),
+    ({"name": "z", "shape": [2, 16], "datatype": "FP32", "data": ["1"] * 32}, "data is not FP32 numbers"),
+    ({"name": "z", "shape": [1, 16], "datatype": "FP32", "data": [[0.0] * 8, [0.0] * 9]}, "data is not FP32"),
+])
+def test_malformed_json_tensors_are_400_not_500(servers, exports, tensor, message):
+    import json
+
+    status, _, body = servers["uint8"].request("POST", f"/v2/models/{name_of(exports['uint8'])}/infer",
+                                               {"inputs": [tensor], "id": 7})
+    assert status == 400 and message in json.loads(body)["error"], body
+
+
+def test_labels_must_be_integers(servers, exports):
+    import json
+
+    tensors = [{"name": "z", "shape": [1, 16], "datatype": "FP32", "data": [0.0] * 16},
+               {"name": "label", "shape": [1, 1], "datatype": "INT64", "data": [2.9]}]
+    status, _, body = servers["cond"].request("POST", f"/v2/models/{name_of(exports['cond'])}/infer",
+                                              {"inputs": tensors})
+    assert status == 400 and "data is not INT64 numbers" in json.loads(body)["error"]
