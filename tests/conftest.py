@@ -68,3 +68,14 @@ def exports(tiny_run, tiny_conditional_run, tmp_path_factory):
         "float": export(tiny_run, root / "float", ExportOptions(output="float", max_batch=64, opt_batch=16), log=quiet),
         "cond": export(tiny_conditional_run, root / "cond", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
     }
+
+
+@pytest.fixture(scope="session")
+def fid_net():
+    """The FID feature network on the CPU (the fastest exact path here); tests that need it skip without it."""
+    from gandeploy.metrics import fid
+
+    try:
+        return fid.load_feature_net("cpu")
+    except ValueError as e:
+        pytest.skip(str(e))

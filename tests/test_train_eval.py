@@ -10,16 +10,6 @@ from gandeploy.errors import RecipeError
 from gandeploy.recipe import load_recipe
 
 
-@pytest.fixture(scope="module")
-def fid_net():
-    from gandeploy.metrics import fid
-
-    try:
-        return fid.load_feature_net("cpu")
-    except ValueError as e:
-        pytest.skip(str(e))
-
-
 def step_of(folder):
     return json.loads((folder / "config.json").read_text())["step"]
 

@@ -60,11 +60,8 @@ def test_statistics_need_two_samples():
 
 
 @pytest.fixture(scope="module")
-def net():
-    try:
-        return fid.load_feature_net("cpu")
-    except UserError as e:
-        pytest.skip(str(e))
+def net(fid_net):
+    return fid_net
 
 
 def test_inception_features_and_cached_real_statistics(net, tmp_path, monkeypatch):
