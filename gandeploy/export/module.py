@@ -200,10 +200,6 @@ def load_weights(module: nn.Module, state: dict, what: str) -> None:
     module.load_state_dict(state)
 
 
-def file_origin(spec: str, weights: Path) -> dict:
-    return {"module": spec, "weights": Path(weights).name, "weights_sha256": sha256(weights)}
-
-
 # ---- the PyTorch DCGAN tutorial ------------------------------------------------------------------------------
 
 
