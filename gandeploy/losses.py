@@ -24,8 +24,9 @@ def ns_g(fake: Tensor) -> Tensor:
     return F.softplus(-fake).mean()
 
 
-# Arjovsky et al. 2017 (arXiv:1701.07875) critic loss; the gradient penalty of Gulrajani et al. 2017
-# (arXiv:1704.00028) is added by the trainer through `gradient_penalty`.
+# Arjovsky et al. 2017 (arXiv:1701.07875) critic loss. The trainer keeps the critic Lipschitz: by clipping its
+# weights to [-c, c] after every step (loss "wgan", Algorithm 1), or by the gradient penalty of Gulrajani et al. 2017
+# (arXiv:1704.00028, loss "wgan-gp") through `gradient_penalty`.
 def wgan_d(real: Tensor, fake: Tensor, smoothing: float = 0.0) -> Tensor:
     return fake.mean() - real.mean()
 
@@ -53,11 +54,13 @@ class Loss:
     d: Callable[..., Tensor]
     g: Callable[[Tensor], Tensor]
     gradient_penalty: bool = False
+    clip: bool = False  # clip the critic's weights to [-loss.clip, loss.clip] after each step
     score: Callable[[Tensor], Tensor] = torch.nn.Identity()  # what the progress bar shows as D(x) and D(G(z))
 
 
 LOSSES = {
     "ns": Loss(ns_d, ns_g, score=torch.sigmoid),
+    "wgan": Loss(wgan_d, wgan_g, clip=True),
     "wgan-gp": Loss(wgan_d, wgan_g, gradient_penalty=True),
     "hinge": Loss(hinge_d, wgan_g),
     "lsgan": Loss(lsgan_d, lsgan_g),
@@ -70,6 +73,14 @@ def gradient_penalty(critic, real: Tensor, fake: Tensor, labels, alpha: Tensor) 
     out = critic(x_hat, labels)
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def r1_penalty(discriminator, real: Tensor, labels) -> Tensor:
+    """Mescheder et al. 2018 (arXiv:1801.04406), eq. 9 without its gamma / 2: E ||grad_x D(x)||^2 on real images."""
+    real = real.detach().requires_grad_(True)
+    out = discriminator(real, labels)
+    (grad,) = torch.autograd.grad(out.float().sum(), real, create_graph=True)
+    return grad.float().flatten(1).pow(2).sum(dim=1).mean()
 
 
 def instance_noise_std(start: float, decay_steps: int, step: int) -> float:

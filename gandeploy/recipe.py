@@ -48,8 +48,10 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ns"  # a loss in gandeploy.losses (ns, wgan-gp, hinge, lsgan)
+    name: str = "ns"  # a loss in gandeploy.losses (ns, wgan, wgan-gp, hinge, lsgan)
     gp_weight: float = field(default=10.0, metadata=_range(0))  # lambda of the WGAN-GP gradient penalty
+    clip: float = field(default=0.01, metadata=_range(0, lo_open=True))  # wgan: critic weights clipped to [-c, c]
+    r1_gamma: float = field(default=0.0, metadata=_range(0))  # R1 penalty gamma/2 E|grad D(real)|^2 (0: off)
     label_smoothing: float = field(default=0.0, metadata=_range(0, 0.5))  # one-sided: real target 1 - s
     instance_noise: float = field(default=0.0, metadata=_range(0))  # std of noise added to D inputs at step 0
     instance_noise_steps: Optional[int] = field(default=None, metadata=_range(1))  # decays to 0; None = train.steps
@@ -61,6 +63,9 @@ class OptimConfig:
     d_lr: float = field(default=2e-4, metadata=_range(0, lo_open=True))
     betas: tuple[float, float] = (0.5, 0.999)
     d_steps: int = field(default=1, metadata=_range(1))  # discriminator (critic) steps per generator step
+    name: Literal["adam", "rmsprop"] = "adam"  # rmsprop: the original WGAN's optimizer (betas unused)
+    lr_decay: Literal["none", "linear"] = "none"  # linear: both rates fall linearly to 0 at train.steps ...
+    lr_decay_start: int = field(default=0, metadata=_range(0))  # ... from this step on (constant before it)
 
 
 @dataclass
@@ -266,6 +271,12 @@ def check_recipe(recipe: Recipe) -> None:
         # Gulrajani et al. 2017, sec. 4: the penalty is per sample, which BatchNorm in the critic breaks.
         raise RecipeError("model.d_norm: wgan-gp needs a critic without BatchNorm; set model.d_norm to layer, "
                           "instance or none")
+    if recipe.optim.lr_decay != "none" and recipe.optim.lr_decay_start >= recipe.train.steps:
+        raise RecipeError(f"optim.lr_decay_start: {recipe.optim.lr_decay_start} leaves no step to decay over; make "
+                          f"it less than train.steps ({recipe.train.steps})")
+    if recipe.loss.r1_gamma and recipe.model.d_norm == "batch":
+        raise RecipeError("loss.r1_gamma: the R1 penalty is per real image, which BatchNorm in the discriminator "
+                          "mixes; set model.d_norm to layer, instance or none")
     if recipe.loss.label_smoothing and recipe.loss.name not in ("ns", "lsgan"):
         raise RecipeError(f"loss.label_smoothing: only ns and lsgan have targets to smooth, "
                           f"not {recipe.loss.name}; set it to 0")

@@ -29,7 +29,7 @@ from .errors import TrainingDiverged, UserError
 from .formats.images import save_grid, to_uint8
 from .formats.paths import latest_export, latest_run  # noqa: F401  (re-exported)
 from .latents import latents
-from .losses import LOSSES, gradient_penalty, instance_noise_std
+from .losses import LOSSES, gradient_penalty, instance_noise_std, r1_penalty
 from .nets import build_discriminator, build_generator, dcgan_init
 from .recipe import Recipe, load_recipe
 
@@ -70,6 +70,22 @@ def generator_config(recipe: Recipe, num_classes: int) -> dict:
 
 
 # ---- EMA and standing statistics ----------------------------------------------------------------------------
+
+
+def make_optimizer(recipe: Recipe, params, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
+    if recipe.optim.name == "rmsprop":  # Arjovsky et al. 2017, Algorithm 1 (PyTorch's default alpha 0.99)
+        return torch.optim.RMSprop(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, betas=recipe.optim.betas, **fused)
+
+
+def learning_rate(recipe: Recipe, base: float, step: int) -> float:
+    """The rate for generator step `step` (0-based): constant, or from optim.lr_decay_start on falling linearly to 0
+    at train.steps (CycleGAN's constant-then-linear schedule)."""
+    start, end = recipe.optim.lr_decay_start, recipe.train.steps
+    if recipe.optim.lr_decay == "linear" and step >= start:
+        return base * max(0.0, (end - step) / (end - start))
+    return base
 
 
 def ema_beta(recipe: Recipe, images_seen: int) -> float:
@@ -144,9 +160,8 @@ class Trainer:
         self.G.to(dev, memory_format=fmt)
         self.D.to(dev, memory_format=fmt)
         self.ema = copy.deepcopy(self.G).eval().requires_grad_(False) if r.train.ema else None
-        fused = {"fused": True} if dev.type in ("cuda", "cpu") else {}
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=r.optim.g_lr, betas=r.optim.betas, **fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=r.optim.d_lr, betas=r.optim.betas, **fused)
+        self.opt_g = make_optimizer(r, self.G.parameters(), r.optim.g_lr, dev)
+        self.opt_d = make_optimizer(r, self.D.parameters(), r.optim.d_lr, dev)
         self.amp = auto_amp(dev) if r.train.amp == "auto" else r.train.amp
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp == "fp16")
@@ -232,6 +247,10 @@ class Trainer:
         r, G, D = self.recipe, self.G, self.D
         noise = instance_noise_std(r.loss.instance_noise, r.loss.instance_noise_steps or r.train.steps, self.step)
         d_steps = r.optim.d_steps
+        if r.optim.lr_decay != "none":
+            for opt, base in ((self.opt_g, r.optim.g_lr), (self.opt_d, r.optim.d_lr)):
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(r, base, self.step)
         D.requires_grad_(True)
         for j in range(d_steps):
             self._reseed(self.step * d_steps + j)
@@ -251,10 +270,17 @@ class Trainer:
             if self.loss.gradient_penalty:
                 alpha = torch.rand(real.shape[0], 1, 1, 1, generator=self.rng, device=self.device)
                 d_loss = d_loss + r.loss.gp_weight * gradient_penalty(D, real, fake.detach().float(), labels, alpha)
+            if r.loss.r1_gamma:
+                with self._autocast():
+                    d_loss = d_loss + r.loss.r1_gamma / 2 * r1_penalty(D, real, labels)
             self.opt_d.zero_grad(set_to_none=True)
             self.scaler.scale(d_loss).backward()
             distributed.average_gradients(D, self.world)
             self.scaler.step(self.opt_d)
+            if self.loss.clip:
+                with torch.no_grad():
+                    for p in D.parameters():
+                        p.clamp_(-r.loss.clip, r.loss.clip)
 
         D.requires_grad_(False)  # the G step needs gradients through D, not for it
         if not keep_graph:

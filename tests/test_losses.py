@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from gandeploy.losses import LOSSES, gradient_penalty, instance_noise_std
+from gandeploy.losses import LOSSES, gradient_penalty, instance_noise_std, r1_penalty
 
 
 def test_loss_values_on_known_logits():
@@ -34,6 +34,14 @@ def test_gradient_penalty_of_a_linear_critic():
     real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
     gp = gradient_penalty(critic, real, fake, None, torch.rand(5, 1, 1, 1))
     assert math.isclose(gp.item(), (w.norm().item() - 1) ** 2, rel_tol=1e-5)
+
+
+def test_r1_penalty_of_a_quadratic_discriminator():
+    """For D(x) = sum(x^2) / 2 the gradient is x, so the penalty is the mean squared norm of the real images."""
+    real = torch.randn(6, 1, 4, 4)
+    r1 = r1_penalty(lambda x, labels: 0.5 * x.pow(2).flatten(1).sum(1), real, None)
+    assert math.isclose(r1.item(), real.flatten(1).pow(2).sum(1).mean().item(), rel_tol=1e-5)
+    assert r1.requires_grad  # it trains D: gradients flow through it
 
 
 def test_instance_noise_decays_linearly_to_zero():

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import RECIPES, ROOT, cli, run_module, tiny_overrides
 from gandeploy.artifacts import load_checkpoint, load_generator
 from gandeploy.recipe import load_recipe
-from gandeploy.train import (Trainer, ema_beta, ema_update, latest_checkpoint, list_checkpoints,
+from gandeploy.train import (Trainer, ema_beta, ema_update, latest_checkpoint, learning_rate, list_checkpoints,
                              new_run_dir, standing_statistics, train)
 
 
@@ -40,6 +40,8 @@ def test_run_folder_has_everything_design_md_lists(tiny_run):
                           "model.d_norm": "none"}),
     ("dcgan_mnist.yaml", {"loss.name": "lsgan", "loss.label_smoothing": 0.1, "loss.instance_noise": 0.1}),
     ("dcgan_mnist.yaml", {"model.name": "mlp", "data.resolution": 32, "train.ema": "false"}),
+    ("wgan_mnist.yaml", {}),
+    ("dcgan_mnist.yaml", {"loss.r1_gamma": 1.0, "model.d_norm": "none", "optim.lr_decay": "linear"}),
 ])
 def test_real_training_steps_give_finite_losses_and_move_the_weights(tmp_path, recipe, extra):
     r = load_recipe(RECIPES / recipe, tiny_overrides(steps=3, **extra))
@@ -48,6 +50,43 @@ def test_real_training_steps_give_finite_losses_and_move_the_weights(tmp_path, r
     last = trainer.fit()
     assert last["step"] == 3 and all(math.isfinite(last[k]) for k in ("d_loss", "g_loss"))
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.G.parameters()))
+
+
+def test_original_wgan_clips_every_critic_weight_and_uses_rmsprop(tmp_path):
+    r = load_recipe(RECIPES / "wgan_mnist.yaml", tiny_overrides(steps=2, **{"loss.clip": 0.005}))
+    trainer = Trainer(r, tmp_path, torch.device("cpu"), progress=False)
+    assert isinstance(trainer.opt_d, torch.optim.RMSprop) and isinstance(trainer.opt_g, torch.optim.RMSprop)
+    assert max(p.abs().max().item() for p in trainer.D.parameters()) > 0.005  # N(0, 0.02) init, BN gamma ~ 1
+    trainer.fit()
+    largest = max(p.abs().max().item() for p in trainer.D.parameters())
+    assert largest <= 0.005 and largest > 0.004  # clipped, not shrunk to nothing
+
+
+def test_linear_learning_rate_decay_reaches_zero_at_the_last_step(tmp_path):
+    r = load_recipe(RECIPES / "dcgan_mnist.yaml", tiny_overrides(steps=4, **{"optim.lr_decay": "linear"}))
+    trainer = Trainer(r, tmp_path, torch.device("cpu"), progress=False)
+    trainer.fit()  # the last step ran at rate base * (1 - 3/4)
+    assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(r.optim.g_lr / 4)
+    assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(r.optim.d_lr / 4)
+    late = load_recipe(RECIPES / "dcgan_mnist.yaml", tiny_overrides(steps=10, **{"optim.lr_decay": "linear",
+                                                                                 "optim.lr_decay_start": 6}))
+    rates = [learning_rate(late, 1.0, step) for step in range(10)]
+    assert rates == pytest.approx([1, 1, 1, 1, 1, 1, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_a_longer_run_with_late_decay_passes_through_the_shorter_run(tmp_path):
+    """dcgan_mnist_long's first 8,000 steps are make demo's run: steps, decay after them and evaluations change
+    nothing before."""
+    short = load_recipe(RECIPES / "dcgan_mnist.yaml", tiny_overrides(steps=4))
+    long = load_recipe(RECIPES / "dcgan_mnist.yaml", tiny_overrides(steps=8, **{
+        "optim.lr_decay": "linear", "optim.lr_decay_start": 4, "train.keep_checkpoints": 8}))
+    train(short, tmp_path / "short", device="cpu", progress=False)
+    train(long, tmp_path / "long", device="cpu", progress=False)
+    a = load_checkpoint(tmp_path / "short" / "checkpoints" / "step-0000004.safetensors")
+    b = load_checkpoint(tmp_path / "long" / "checkpoints" / "step-0000004.safetensors")
+    for part in ("G", "D", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    assert not torch.equal(a["G"]["net.0.weight"], load_checkpoint(latest_checkpoint(tmp_path / "long"))["G"]["net.0.weight"])
 
 
 def _weights(run_dir):
