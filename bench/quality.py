@@ -5,9 +5,9 @@
 For each run folder: its generator/ (the best by FID when the run tracked FID, else the latest) is copied to
 OUT/<recipe>/ (config.json + model.safetensors), sampled (images 0..n-1 of the seed; class-balanced labels k % 10
 for a conditional generator) and measured against the first n of the 10,000 bundled digits with `gandeploy fid`'s
-code. The real-vs-real floor is measured beside it: the first half of the digits against the second half (the
-bundle has 10,000 digits, so the floor at 10k vs 10k cannot be measured on it; FID's bias falls roughly as 1/N, so
-the 10k floor is about half the 5k one). Rows are merged into OUT/results.json by recipe and OUT/README.md is
+code. The real-vs-real floor is measured beside it from the same features: the first N/2 of those N digits against
+the other N/2 (the bundle has 10,000 digits, so the floor at 10k vs 10k cannot be measured on it; FID's bias falls
+roughly as 1/N, so the 10k floor is about half the 5k one). Rows are merged into OUT/results.json by recipe and OUT/README.md is
 written again from all rows. Each row records the training command, steps, training wall time (log.jsonl's
 elapsed_s: training only, evaluations and checkpoints excluded) and the wall time of its FID.
 """
@@ -75,8 +75,7 @@ def training_record(run: Path) -> tuple[int, float]:
 
 
 def measure_floor(net, n: int) -> dict:
-    digits = fid.load_images("mnist", None)[0]
-    features = fid.real_features(digits, net)
+    features = fid.real_features(fid.load_images("mnist", n)[0], net, progress=True)
     half = len(features) // 2
     a, b = features[:half], features[half:]
     kid_mean, kid_std = kid(a, b)
@@ -85,7 +84,13 @@ def measure_floor(net, n: int) -> dict:
             "kid_std": kid_std, "precision": precision, "recall": recall}
 
 
-def measure(run: Path, out: Path, n: int, seed: int, net, floor: dict) -> dict:
+def shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def measure(run: Path, out: Path, n: int, seed: int, net, floor: dict, note: str = "",
+            save_features: Path | None = None) -> dict:
     recipe = load_recipe(run / "recipe.yaml")
     folder = out / recipe.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,6 +101,9 @@ def measure(run: Path, out: Path, n: int, seed: int, net, floor: dict) -> dict:
     start = time.perf_counter()
     images, what = fid.load_images(folder, n, seed)
     features = net(images, progress=True)
+    if save_features is not None:  # float32 (n, 2048), for further comparisons without sampling again
+        save_features.mkdir(parents=True, exist_ok=True)
+        np.save(save_features / f"{recipe.name}-n{n}-seed{seed}.npy", features.astype(np.float32))
     real = fid.real_features(fid.load_images("mnist", n)[0], net)
     kid_mean, kid_std = kid(real, features)
     precision, recall = precision_recall(real, features)
@@ -107,7 +115,7 @@ def measure(run: Path, out: Path, n: int, seed: int, net, floor: dict) -> dict:
         "train_wall_s": round(train_s, 1), "machine": machine(),
         "fid": value, "kid": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall,
         "n": len(features), "seed": seed, "real_n": len(real), "network": net.name, "fid_wall_s": round(fid_s, 1),
-        "floor": floor, "generator": str(folder.resolve().relative_to(ROOT)),
+        "floor": floor, "generator": shown(folder), "note": note,
     }
 
 
@@ -120,16 +128,18 @@ def write_table(out: Path, rows: list[dict]) -> None:
              "The models were trained on the same 10,000 digits they are measured against.", "",
              "| recipe | steps | training | FID | KID x1e3 | precision | recall | FID wall time | command |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    notes = [f"- {r['recipe']}: {r['note']}" for r in rows if r.get("note")]
     for r in rows:
         lines.append(f"| {r['recipe']} | {r['steps']:,} | {r['train_wall_s'] / 60:.1f} min | **{r['fid']:.2f}** | "
                      f"{r['kid'] * 1e3:.2f} +- {r['kid_std'] * 1e3:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{r['fid_wall_s'] / 60:.1f} min | `{r['command']}` |")
     if rows:
         f = rows[0]["floor"]
-        lines += ["", f"Real-vs-real floor (digits 0..4,999 against 5,000..9,999): FID {f['fid']:.2f}, KID x1e3 "
+        lines += [""] + notes if notes else []
+        lines += ["", f"Real-vs-real floor (digits 0..{f['n'] - 1:,} against {f['n']:,}..{2 * f['n'] - 1:,}): FID {f['fid']:.2f}, KID x1e3 "
                   f"{f['kid'] * 1e3:.2f} +- {f['kid_std'] * 1e3:.2f}, precision {f['precision']:.3f}, recall "
-                  f"{f['recall']:.3f}. At 10k vs 10k it would be about half that FID (bias ~ 1/N); the bundle has no "
-                  f"second 10k to measure it.", "",
+                  f"{f['recall']:.3f}. At N vs N it would be about half that FID (bias ~ 1/N); the bundle has no "
+                  f"second 10k digits to measure it at 10k.", "",
                   f"Machine: {rows[0]['machine']}; feature network: {rows[0]['network']}. Training time is "
                   f"log.jsonl's elapsed_s (training steps only; evaluations and checkpoints excluded)."]
     with atomic_path(out / "README.md") as tmp:
@@ -142,6 +152,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
+    parser.add_argument("--note", default="", help="A remark printed under the table for these runs' rows.")
+    parser.add_argument("--save-features", type=Path, help="Also write each row's generated features here (.npy).")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     net = fid.load_feature_net("cpu" if not _has_cuda() else "cuda")
@@ -149,11 +161,11 @@ def main() -> None:
     results = args.out / "results.json"
     rows = {r["recipe"]: r for r in (json.loads(results.read_text()) if results.is_file() else [])}
     for run in args.runs:
-        row = measure(run, args.out, args.n, args.seed, net, floor)
+        row = measure(run, args.out, args.n, args.seed, net, floor, args.note, args.save_features)
         rows[row["recipe"]] = row
         print(f"{row['recipe']}: FID {row['fid']:.2f}, KID {row['kid']:.5f} +- {row['kid_std']:.5f}, precision "
               f"{row['precision']:.3f}, recall {row['recall']:.3f} at N={row['n']} ({row['fid_wall_s']:.0f} s); "
-              f"floor {floor['fid']:.2f} at {floor['n']} vs {floor['n']}")
+              f"floor {floor['fid']:.2f} at {floor['n']} vs {floor['n']}", flush=True)
         ordered = sorted(rows.values(), key=lambda r: r["fid"])
         with atomic_path(results) as tmp:
             tmp.write_text(json.dumps(ordered, indent=1) + "\n")

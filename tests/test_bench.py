@@ -1,9 +1,13 @@
 import json
+import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import cli
+from conftest import ROOT, cli
 from gandeploy.bench import BenchOptions, run_bench
 from gandeploy.export import ExportOptions, export
 
@@ -91,3 +95,20 @@ def test_bench_without_torch_judges_against_the_stored_references(tiny_export, t
     for row in rows.values():
         assert row["reference"].startswith("export references") and row["n"] == 32 and row["passed"]
     assert rows[("onnxruntime", "fp32")]["max_abs_err"] <= 1
+
+
+def test_quality_table_rows_can_be_measured_again_from_their_generator_folder(fid_net, tiny_run, tmp_path):
+    out = tmp_path / "quality"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), str(tiny_run), "--n", "24",
+                             "--out", str(out), "--note", "a tiny run"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads((out / "results.json").read_text())
+    assert row["n"] == 24 and row["seed"] == 0 and row["steps"] == 4 and row["floor"]["n"] == 12
+    assert row["command"].startswith("gandeploy train recipes/dcgan_mnist.yaml") and "train.steps=4" in row["command"]
+    assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1 and math.isfinite(row["kid"])
+    generator = Path(row["generator"])
+    assert sorted(p.name for p in generator.iterdir()) == ["config.json", "model.safetensors"]
+    table = (out / "README.md").read_text()
+    assert f"**{row['fid']:.2f}**" in table and "a tiny run" in table
+    code, output = cli("fid", str(generator), "--n", "24")  # the claim, measured again by anyone
+    assert code == 0 and f"FID {row['fid']:.2f}  (" in output
