@@ -7,23 +7,22 @@ OUT/<recipe>/ (config.json + model.safetensors), sampled (images 0..n-1 of the s
 for a conditional generator) and measured against the first n of the 10,000 bundled digits with `gandeploy fid`'s
 code. The real-vs-real floor is measured beside it from the same features: the first N/2 of those N digits against
 the other N/2 (the bundle has 10,000 digits, so the floor at 10k vs 10k cannot be measured on it; FID's bias falls
-roughly as 1/N, so the 10k floor is about half the 5k one). Rows are merged into OUT/results.json by recipe and OUT/README.md is
-written again from all rows. Each row records the training command, steps, training wall time (log.jsonl's
-elapsed_s: training only, evaluations and checkpoints excluded) and the wall time of its FID.
+roughly as 1/N, so the 10k floor is about half the 5k one). Rows are merged into OUT/results.json by recipe and
+OUT/README.md is written again from all rows. Each row records the training command, steps, training wall time
+(log.jsonl's elapsed_s: training only, evaluations and checkpoints excluded) and the wall time of its FID.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
+from gandeploy.bench import machine as bench_machine
 from gandeploy.formats.files import atomic_path
 from gandeploy.metrics import fid
 from gandeploy.metrics.quality import kid, precision_recall
@@ -33,21 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    cpu = "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, no GPU" if not _has_cuda() else f"{cpu}, CUDA"
-
-
-def _has_cuda() -> bool:
-    from gandeploy.runtime.device import cuda_device_count
-
-    return cuda_device_count() > 0
+    facts = bench_machine()  # the facts gandeploy bench records
+    return f"{facts['cpu']}, {facts['cores']} cores, {facts['gpu'] or 'no GPU'}"
 
 
 def command_of(run: Path, recipe) -> str:
@@ -74,10 +60,9 @@ def training_record(run: Path) -> tuple[int, float]:
     return int(last.get("step", 0)), float(last.get("elapsed_s", 0.0))
 
 
-def measure_floor(net, n: int) -> dict:
-    features = fid.real_features(fid.load_images("mnist", n)[0], net, progress=True)
-    half = len(features) // 2
-    a, b = features[:half], features[half:]
+def measure_floor(real: np.ndarray) -> dict:
+    half = len(real) // 2
+    a, b = real[:half], real[half:]
     kid_mean, kid_std = kid(a, b)
     precision, recall = precision_recall(a, b)
     return {"n": half, "fid": fid.frechet_distance(*fid.statistics(a), *fid.statistics(b)), "kid": kid_mean,
@@ -89,7 +74,7 @@ def shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def measure(run: Path, out: Path, n: int, seed: int, net, floor: dict, note: str = "",
+def measure(run: Path, out: Path, n: int, seed: int, net, real: np.ndarray, floor: dict, note: str = "",
             save_features: Path | None = None) -> dict:
     recipe = load_recipe(run / "recipe.yaml")
     folder = out / recipe.name
@@ -104,7 +89,6 @@ def measure(run: Path, out: Path, n: int, seed: int, net, floor: dict, note: str
     if save_features is not None:  # float32 (n, 2048), for further comparisons without sampling again
         save_features.mkdir(parents=True, exist_ok=True)
         np.save(save_features / f"{recipe.name}-n{n}-seed{seed}.npy", features.astype(np.float32))
-    real = fid.real_features(fid.load_images("mnist", n)[0], net)
     kid_mean, kid_std = kid(real, features)
     precision, recall = precision_recall(real, features)
     value = fid.frechet_distance(*fid.statistics(features), *fid.statistics(real))
@@ -136,8 +120,9 @@ def write_table(out: Path, rows: list[dict]) -> None:
     if rows:
         f = rows[0]["floor"]
         lines += [""] + notes if notes else []
-        lines += ["", f"Real-vs-real floor (digits 0..{f['n'] - 1:,} against {f['n']:,}..{2 * f['n'] - 1:,}): FID {f['fid']:.2f}, KID x1e3 "
-                  f"{f['kid'] * 1e3:.2f} +- {f['kid_std'] * 1e3:.2f}, precision {f['precision']:.3f}, recall "
+        lines += ["", f"Real-vs-real floor (digits 0..{f['n'] - 1:,} against {f['n']:,}..{2 * f['n'] - 1:,}): "
+                  f"FID {f['fid']:.2f}, KID x1e3 {f['kid'] * 1e3:.2f} +- {f['kid_std'] * 1e3:.2f}, "
+                  f"precision {f['precision']:.3f}, recall "
                   f"{f['recall']:.3f}. At N vs N it would be about half that FID (bias ~ 1/N); the bundle has no "
                   f"second 10k digits to measure it at 10k.", "",
                   f"Machine: {rows[0]['machine']}; feature network: {rows[0]['network']}. Training time is "
@@ -156,12 +141,13 @@ def main() -> None:
     parser.add_argument("--save-features", type=Path, help="Also write each row's generated features here (.npy).")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    net = fid.load_feature_net("cpu" if not _has_cuda() else "cuda")
-    floor = measure_floor(net, args.n)
+    net = fid.load_feature_net("cuda" if bench_machine()["gpu"] else "cpu")
+    real = fid.real_features(fid.load_images("mnist", args.n)[0], net, progress=True)  # cached after the first run
+    floor = measure_floor(real)
     results = args.out / "results.json"
     rows = {r["recipe"]: r for r in (json.loads(results.read_text()) if results.is_file() else [])}
     for run in args.runs:
-        row = measure(run, args.out, args.n, args.seed, net, floor, args.note, args.save_features)
+        row = measure(run, args.out, args.n, args.seed, net, real, floor, args.note, args.save_features)
         rows[row["recipe"]] = row
         print(f"{row['recipe']}: FID {row['fid']:.2f}, KID {row['kid']:.5f} +- {row['kid_std']:.5f}, precision "
               f"{row['precision']:.3f}, recall {row['recall']:.3f} at N={row['n']} ({row['fid_wall_s']:.0f} s); "
