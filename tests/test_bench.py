@@ -112,3 +112,19 @@ def test_quality_table_rows_can_be_measured_again_from_their_generator_folder(fi
     assert f"**{row['fid']:.2f}**" in table and "a tiny run" in table
     code, output = cli("fid", str(generator), "--n", "24")  # the claim, measured again by anyone
     assert code == 0 and f"FID {row['fid']:.2f}  (" in output
+
+
+def test_committed_quality_rows_name_their_recipe_and_a_loadable_generator():
+    """Every row of bench/results/quality/results.json names a shipped recipe and a generator folder that loads."""
+    import torch
+
+    from gandeploy.artifacts import load_generator
+    rows = json.loads((ROOT / "bench" / "results" / "quality" / "results.json").read_text())
+    assert {"dcgan_mnist_long", "dcgan_mnist", "wgan_gp_mnist", "cdcgan_mnist"} <= {r["recipe"] for r in rows}
+    for row in rows:
+        assert (ROOT / "recipes" / f"{row['recipe']}.yaml").is_file()
+        assert row["n"] == 10_000 and row["seed"] == 0 and row["fid"] > row["floor"]["fid"]
+        model, config = load_generator(ROOT / row["generator"])
+        assert config["num_classes"] == (10 if row["recipe"] == "cdcgan_mnist" else 0)
+        labels = torch.arange(2) if config["num_classes"] else None
+        assert model(torch.zeros(2, config["latent_dim"]), labels).shape == (2, 1, 28, 28)
