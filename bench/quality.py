@@ -119,7 +119,8 @@ def write_table(out: Path, rows: list[dict]) -> None:
                      f"{r['fid_wall_s'] / 60:.1f} min | `{r['command']}` |")
     if rows:
         f = rows[0]["floor"]
-        lines += [""] + notes if notes else []
+        if notes:
+            lines += [""] + notes
         lines += ["", f"Real-vs-real floor (digits 0..{f['n'] - 1:,} against {f['n']:,}..{2 * f['n'] - 1:,}): "
                   f"FID {f['fid']:.2f}, KID x1e3 {f['kid'] * 1e3:.2f} +- {f['kid_std'] * 1e3:.2f}, "
                   f"precision {f['precision']:.3f}, recall "

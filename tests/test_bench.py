@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, cli
+from gandeploy.artifacts import load_generator
 from gandeploy.bench import BenchOptions, run_bench
 from gandeploy.export import ExportOptions, export
 
@@ -116,9 +118,6 @@ def test_quality_table_rows_can_be_measured_again_from_their_generator_folder(fi
 
 def test_committed_quality_rows_name_their_recipe_and_a_loadable_generator():
     """Every row of bench/results/quality/results.json names a shipped recipe and a generator folder that loads."""
-    import torch
-
-    from gandeploy.artifacts import load_generator
     rows = json.loads((ROOT / "bench" / "results" / "quality" / "results.json").read_text())
     assert {"dcgan_mnist_long", "dcgan_mnist", "wgan_gp_mnist", "cdcgan_mnist"} <= {r["recipe"] for r in rows}
     for row in rows:
