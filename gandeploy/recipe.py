@@ -55,6 +55,7 @@ class LossConfig:
     label_smoothing: float = field(default=0.0, metadata=_range(0, 0.5))  # one-sided: real target 1 - s
     instance_noise: float = field(default=0.0, metadata=_range(0))  # std of noise added to D inputs at step 0
     instance_noise_steps: Optional[int] = field(default=None, metadata=_range(1))  # decays to 0; None = train.steps
+    augment: str = ""  # DiffAugment of D's inputs, real and fake: comma-separated translation, cutout, color
 
 
 @dataclass
@@ -247,6 +248,7 @@ def _check_range(value, meta, key: str) -> None:
 
 def check_recipe(recipe: Recipe) -> None:
     """Checks that span several keys, and names that live in registries."""
+    from .augment import parse_policy
     from .losses import LOSSES
     from .nets import FAMILIES, RESOLUTIONS
 
@@ -277,6 +279,10 @@ def check_recipe(recipe: Recipe) -> None:
     if recipe.loss.r1_gamma and recipe.model.d_norm == "batch":
         raise RecipeError("loss.r1_gamma: the R1 penalty is per real image, which BatchNorm in the discriminator "
                           "mixes; set model.d_norm to layer, instance or none")
+    try:
+        parse_policy(recipe.loss.augment)
+    except ValueError as e:
+        raise RecipeError(f"loss.augment: {e}") from None
     if recipe.loss.label_smoothing and recipe.loss.name not in ("ns", "lsgan"):
         raise RecipeError(f"loss.label_smoothing: only ns and lsgan have targets to smooth, "
                           f"not {recipe.loss.name}; set it to 0")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .augment import augment, parse_policy
 from .artifacts import atomic_write_text, load_checkpoint, save_checkpoint, save_generator
 from .formats.files import sweep
 from .data import ImageData, batches, load_data
@@ -166,6 +167,7 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.amp)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp == "fp16")
         self.loss = LOSSES[r.loss.name]
+        self.augment = parse_policy(r.loss.augment)
         self.step = 0
         self.elapsed = 0.0
         self.rng = torch.Generator(dev)
@@ -237,6 +239,9 @@ class Trainer:
             return x
         return x + std * torch.randn(x.shape, generator=self.rng, device=x.device, dtype=x.dtype)
 
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return augment(x, self.augment, self.rng) if self.augment else x
+
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -263,16 +268,18 @@ class Trainer:
             keep_graph = d_steps == 1
             with self._autocast(), torch.set_grad_enabled(keep_graph):
                 fake = G(z, labels)
+            # The penalties see what D sees: augmented images (as in DiffAugment and StyleGAN2-ADA), no noise.
+            real_in, fake_in = self._augment(real), self._augment(fake.detach())
             with self._autocast():
-                real_logits = D(self._noisy(real, noise), labels).float()
-                fake_logits = D(self._noisy(fake.detach(), noise), labels).float()
+                real_logits = D(self._noisy(real_in, noise), labels).float()
+                fake_logits = D(self._noisy(fake_in, noise), labels).float()
                 d_loss = self.loss.d(real_logits, fake_logits, r.loss.label_smoothing)
             if self.loss.gradient_penalty:
                 alpha = torch.rand(real.shape[0], 1, 1, 1, generator=self.rng, device=self.device)
-                d_loss = d_loss + r.loss.gp_weight * gradient_penalty(D, real, fake.detach().float(), labels, alpha)
+                d_loss = d_loss + r.loss.gp_weight * gradient_penalty(D, real_in, fake_in.float(), labels, alpha)
             if r.loss.r1_gamma:
                 with self._autocast():
-                    d_loss = d_loss + r.loss.r1_gamma / 2 * r1_penalty(D, real, labels)
+                    d_loss = d_loss + r.loss.r1_gamma / 2 * r1_penalty(D, real_in, labels)
             self.opt_d.zero_grad(set_to_none=True)
             self.scaler.scale(d_loss).backward()
             distributed.average_gradients(D, self.world)
@@ -288,7 +295,7 @@ class Trainer:
             with self._autocast():
                 fake = G(z, labels)
         with self._autocast():
-            g_loss = self.loss.g(D(self._noisy(fake, noise), labels).float())
+            g_loss = self.loss.g(D(self._noisy(self._augment(fake), noise), labels).float())
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(g_loss).backward()
         distributed.average_gradients(G, self.world)

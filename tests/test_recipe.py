@@ -50,6 +50,7 @@ def test_defaults_live_in_the_schema_and_overrides_are_typed():
     (["model.name=stylegan"], "model.name: unknown model 'stylegan'; valid: dcgan, mlp"),
     (["loss.name=wgan2"], "loss.name: unknown loss 'wgan2'; valid: ns, wgan, wgan-gp, hinge, lsgan"),
     (["loss.r1_gamma=10"], "loss.r1_gamma: the R1 penalty is per real image"),
+    (["loss.augment=translation,flip"], "loss.augment: unknown augmentation 'flip'; valid: translation, cutout"),
     (["optim.name=sgd"], "optim.name: 'sgd' is not one of adam, rmsprop"),
     (["loss.clip=0"], "loss.clip: 0.0 is out of range; it must be > 0"),
     (["model.d_norm=group"], "model.d_norm: 'group' is not one of batch, layer, instance, none"),

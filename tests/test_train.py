@@ -42,6 +42,8 @@ def test_run_folder_has_everything_design_md_lists(tiny_run):
     ("dcgan_mnist.yaml", {"model.name": "mlp", "data.resolution": 32, "train.ema": "false"}),
     ("wgan_mnist.yaml", {}),
     ("dcgan_mnist.yaml", {"loss.r1_gamma": 1.0, "model.d_norm": "none", "optim.lr_decay": "linear"}),
+    ("dcgan_mnist.yaml", {"loss.augment": "translation,cutout"}),
+    ("wgan_gp_mnist.yaml", {"loss.augment": "color,translation"}),
 ])
 def test_real_training_steps_give_finite_losses_and_move_the_weights(tmp_path, recipe, extra):
     r = load_recipe(RECIPES / recipe, tiny_overrides(steps=3, **extra))
