@@ -96,7 +96,7 @@ def measure(run: Path, out: Path, n: int, seed: int, net, real: np.ndarray, floo
     return {
         "recipe": recipe.name, "command": command_of(run, recipe), "steps": steps,
         "generator_step": config.get("step"), "selected_by": "fid" if "fid" in config else "latest",
-        "train_wall_s": round(train_s, 1), "machine": machine(),
+        "train_wall_s": round(train_s, 1), "amp": config.get("amp"), "machine": machine(),
         "fid": value, "kid": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall,
         "n": len(features), "seed": seed, "real_n": len(real), "network": net.name, "fid_wall_s": round(fid_s, 1),
         "floor": floor, "generator": shown(folder), "note": note,
@@ -114,7 +114,9 @@ def write_table(out: Path, rows: list[dict]) -> None:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     notes = [f"- {r['recipe']}: {r['note']}" for r in rows if r.get("note")]
     for r in rows:
-        lines.append(f"| {r['recipe']} | {r['steps']:,} | {r['train_wall_s'] / 60:.1f} min | **{r['fid']:.2f}** | "
+        amp = f" ({r['amp']})" if r.get("amp") not in (None, "none") else ""  # the precision it trained in
+        lines.append(f"| {r['recipe']} | {r['steps']:,} | {r['train_wall_s'] / 60:.1f} min{amp} | "
+                     f"**{r['fid']:.2f}** | "
                      f"{r['kid'] * 1e3:.2f} +- {r['kid_std'] * 1e3:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{r['fid_wall_s'] / 60:.1f} min | `{r['command']}` |")
     if rows:
@@ -127,7 +129,8 @@ def write_table(out: Path, rows: list[dict]) -> None:
                   f"{f['recall']:.3f}. At N vs N it would be about half that FID (bias ~ 1/N); the bundle has no "
                   f"second 10k digits to measure it at 10k.", "",
                   f"Machine: {rows[0]['machine']}; feature network: {rows[0]['network']}. Training time is "
-                  f"log.jsonl's elapsed_s (training steps only; evaluations and checkpoints excluded)."]
+                  f"log.jsonl's elapsed_s (training steps only; evaluations and checkpoints excluded), in float32 "
+                  f"unless a precision is given (bf16: autocast on a CPU with AVX512-BF16)."]
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 

@@ -36,7 +36,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "dcgan"  # a family in gandeploy.nets (dcgan, mlp)
+    name: str = "dcgan"  # a family in gandeploy.nets (dcgan, infogan, mlp)
     latent_dim: int = field(default=100, metadata=_range(1))
     g_width: int = field(default=64, metadata=_range(1))  # generator channels at full resolution
     d_width: int = field(default=64, metadata=_range(1))  # discriminator channels after its first layer
@@ -250,7 +250,7 @@ def check_recipe(recipe: Recipe) -> None:
     """Checks that span several keys, and names that live in registries."""
     from .augment import parse_policy
     from .losses import LOSSES
-    from .nets import FAMILIES, RESOLUTIONS
+    from .nets import FAMILIES
 
     from .formats.names import check_name
 
@@ -266,8 +266,9 @@ def check_recipe(recipe: Recipe) -> None:
         raise RecipeError(f"model.name: unknown model {recipe.model.name!r}; valid: {', '.join(FAMILIES)}")
     if recipe.loss.name not in LOSSES:
         raise RecipeError(f"loss.name: unknown loss {recipe.loss.name!r}; valid: {', '.join(LOSSES)}")
-    if recipe.model.name == "dcgan" and recipe.data.resolution not in RESOLUTIONS:
-        raise RecipeError(f"data.resolution: dcgan builds {', '.join(map(str, RESOLUTIONS))} pixels, "
+    sizes = getattr(FAMILIES[recipe.model.name], "RESOLUTIONS", None)  # None: any size (mlp)
+    if sizes and recipe.data.resolution not in sizes:
+        raise RecipeError(f"data.resolution: {recipe.model.name} builds {', '.join(map(str, sizes))} pixels, "
                           f"not {recipe.data.resolution}; pick one of those")
     if recipe.loss.name == "wgan-gp" and recipe.model.d_norm == "batch":
         # Gulrajani et al. 2017, sec. 4: the penalty is per sample, which BatchNorm in the critic breaks.

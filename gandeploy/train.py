@@ -322,7 +322,8 @@ class Trainer:
         return model
 
     def write_generator(self, model: nn.Module, folder: Path, **extra) -> None:
-        save_generator(folder, model, {**self.gen_config, "run_name": self.recipe.name, "step": self.step, **extra})
+        save_generator(folder, model, {**self.gen_config, "run_name": self.recipe.name, "step": self.step,
+                                       "amp": self.amp, **extra})  # amp: the precision it was trained in
 
     def evaluate(self, model: nn.Module) -> dict:
         """FID and KID of `model` (images 0..n-1 of seed 0) against the first n training images."""

@@ -39,9 +39,9 @@ def run_module(*args: str, cwd=None, timeout=300) -> subprocess.CompletedProcess
                           cwd=cwd or ROOT, timeout=timeout)
 
 
-def _train_tiny(tmp_path_factory, recipe: str, name: str) -> Path:
+def _train_tiny(tmp_path_factory, recipe: str, name: str, **extra) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / name
-    train(load_recipe(RECIPES / recipe, tiny_overrides()), run_dir, device="cpu", progress=False)
+    train(load_recipe(RECIPES / recipe, tiny_overrides(**extra)), run_dir, device="cpu", progress=False)
     return run_dir
 
 

@@ -4,9 +4,10 @@ import torch
 from gandeploy.nets import FAMILIES, RESOLUTIONS, build_discriminator, build_generator, dcgan_init
 from gandeploy.recipe import ModelConfig
 
+SIZES = [(family, res) for family, module in FAMILIES.items() for res in getattr(module, "RESOLUTIONS", RESOLUTIONS)]
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("resolution", RESOLUTIONS)
+
+@pytest.mark.parametrize("family, resolution", SIZES)
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("num_classes", [0, 10])
 def test_output_shapes(family, resolution, channels, num_classes):
@@ -31,6 +32,19 @@ def test_dcgan_paper_sizes():
                          "num_classes": 0, "embed_dim": 32})
     first = G.net[0]
     assert (first.in_channels, first.out_channels, first.kernel_size) == (100, 512, (4, 4))
+
+
+def test_infogan_has_the_papers_mnist_sizes():
+    """Chen et al. 2016, app. C.1 (the nets of Lucic et al.'s MNIST study): G is FC 1024 -> FC 7x7x128 -> 64
+    channels at 14x14 -> 1 at 28x28; D is 64 -> 128 channels -> FC 1024 -> 1."""
+    G = build_generator({"family": "infogan", "latent_dim": 64, "resolution": 28, "channels": 1, "width": 64,
+                         "num_classes": 0, "embed_dim": 32})
+    linears = [m for m in G.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64, 1024), (1024, 7 * 7 * 128)]
+    D = build_discriminator(ModelConfig(name="infogan", d_width=64), 28, 1, 0)
+    convs = [m.out_channels for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [(m.in_features, m.out_features) for m in D.modules() if isinstance(m, torch.nn.Linear)]
+    assert convs == [64, 128] and linears == [(7 * 7 * 128, 1024), (1024, 1)]
 
 
 def test_conditional_generator_uses_the_label():

@@ -47,14 +47,15 @@ def test_defaults_live_in_the_schema_and_overrides_are_typed():
     (["loss.label_smoothing=0.9"], "loss.label_smoothing: 0.9 is out of range; it must be <= 0.5"),
     (["optim.betas=[0.5]"], "optim.betas: expected a list of 2 numbers"),
     (["optim.betas=[1.5, 0.9]"], "optim.betas: [1.5, 0.9] is out of range"),
-    (["model.name=stylegan"], "model.name: unknown model 'stylegan'; valid: dcgan, mlp"),
+    (["model.name=stylegan"], "model.name: unknown model 'stylegan'; valid: dcgan, infogan, mlp"),
     (["loss.name=wgan2"], "loss.name: unknown loss 'wgan2'; valid: ns, wgan, wgan-gp, hinge, lsgan"),
     (["loss.r1_gamma=10"], "loss.r1_gamma: the R1 penalty is per real image"),
     (["loss.augment=translation,flip"], "loss.augment: unknown augmentation 'flip'; valid: translation, cutout"),
     (["optim.name=sgd"], "optim.name: 'sgd' is not one of adam, rmsprop"),
     (["loss.clip=0"], "loss.clip: 0.0 is out of range; it must be > 0"),
     (["model.d_norm=group"], "model.d_norm: 'group' is not one of batch, layer, instance, none"),
-    (["data.resolution=48"], "data.resolution: dcgan builds 28, 32, 64, 128 pixels, not 48"),
+    (["model.name=dcgan", "data.resolution=48"], "data.resolution: dcgan builds 28, 32, 64, 128 pixels, not 48"),
+    (["model.name=infogan", "data.resolution=64"], "data.resolution: infogan builds 28, 32 pixels, not 64"),
     (["loss.name=wgan-gp"], "wgan-gp needs a critic without BatchNorm"),
     (["data.source=folder"], "data.path: data.source=folder needs data.path"),
     (["train.steps"], "override 'train.steps' is not KEY=VALUE"),
@@ -99,7 +100,7 @@ def test_dry_run_prints_the_resolved_recipe_and_writes_nothing(tmp_path):
 def test_real_process_prints_no_traceback():
     proc = run_module("train", str(RECIPES / "dcgan_mnist.yaml"), "model.name=nope", "--dry-run")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: model.name: unknown model 'nope'; valid: dcgan, mlp"
+    assert proc.stderr.strip() == "error: model.name: unknown model 'nope'; valid: dcgan, infogan, mlp"
     assert "Traceback" not in proc.stderr + proc.stdout
 
 

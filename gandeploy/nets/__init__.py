@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import dcgan, mlp
+from . import dcgan, infogan, mlp
 from .layers import dcgan_init  # noqa: F401  (re-exported)
 
-FAMILIES = {"dcgan": dcgan, "mlp": mlp}
+FAMILIES = {"dcgan": dcgan, "infogan": infogan, "mlp": mlp}
 RESOLUTIONS = dcgan.RESOLUTIONS
 
 

@@ -214,3 +214,23 @@ def test_export_cli_defaults_to_the_latest_run_and_exports_folder(tiny_run, tmp_
     manifest = load_export(tmp_path / "exports" / "dcgan_mnist")
     assert list(manifest["artifacts"]) == ["generator.onnx", "generator/config.json", "generator/model.safetensors",
                                           "reference.npz"]
+
+
+def test_the_infogan_family_exports_and_verifies(tmp_path_factory, tmp_path):
+    """Lucic et al.'s MNIST nets (fully connected layers with BatchNorm1d in G) through the same export and checks."""
+    from conftest import _train_tiny
+
+    from gandeploy.runtime.verify import verify
+
+    run = _train_tiny(tmp_path_factory, "dcgan_mnist.yaml", "tiny_infogan", **{"model.name": "infogan"})
+    folder = export(run, tmp_path / "infogan", ExportOptions(max_batch=16, opt_batch=4), log=lambda _: None)
+    model = onnx.load(str(folder / "generator.onnx"))
+    assert "BatchNormalization" not in {node.op_type for node in model.graph.node}  # folded into the Gemms too
+    checks = verify(folder)
+    assert all(c.parity.passed for c in checks if c.parity is not None), [c.line() for c in checks]
+    generator, config = load_generator(run)
+    feeds = _feeds(config, 5, seed=3)
+    with torch.inference_mode():
+        reference = to_uint8(generator(torch.from_numpy(feeds["z"])).numpy())
+    got = ox.session(folder / "generator.onnx").run(None, feeds)[0]
+    assert np.abs(got.astype(int) - reference.astype(int)).max() <= 1
