@@ -40,6 +40,7 @@ def test_run_folder_has_everything_design_md_lists(tiny_run):
                           "model.d_norm": "none"}),
     ("dcgan_mnist.yaml", {"loss.name": "lsgan", "loss.label_smoothing": 0.1, "loss.instance_noise": 0.1}),
     ("dcgan_mnist.yaml", {"model.name": "mlp", "data.resolution": 32, "train.ema": "false"}),
+    ("dcgan_mnist.yaml", {"model.name": "infogan", "data.conditional": "true"}),
     ("wgan_mnist.yaml", {}),
     ("dcgan_mnist.yaml", {"loss.r1_gamma": 1.0, "model.d_norm": "none", "optim.lr_decay": "linear"}),
     ("dcgan_mnist.yaml", {"loss.augment": "translation,cutout"}),
@@ -77,8 +78,16 @@ def test_linear_learning_rate_decay_reaches_zero_at_the_last_step(tmp_path):
 
 
 def test_a_longer_run_with_late_decay_passes_through_the_shorter_run(tmp_path):
-    """dcgan_mnist_long's first 8,000 steps are make demo's run: steps, decay after them and evaluations change
+    """infogan_mnist's first 4,000 steps are make demo's run: steps, decay after them and evaluations change
     nothing before."""
+    demo, long_recipe = (load_recipe(RECIPES / name).to_dict() for name in ("dcgan_mnist.yaml", "infogan_mnist.yaml"))
+    for tree in (demo, long_recipe):  # everything else is the same
+        tree.pop("name")
+        for key in ("steps", "eval_every", "eval_samples"):
+            tree["train"].pop(key)
+        for key in ("lr_decay", "lr_decay_start"):
+            tree["optim"].pop(key)
+    assert demo == long_recipe
     short = load_recipe(RECIPES / "dcgan_mnist.yaml", tiny_overrides(steps=4))
     long = load_recipe(RECIPES / "dcgan_mnist.yaml", tiny_overrides(steps=8, **{
         "optim.lr_decay": "linear", "optim.lr_decay_start": 4, "train.keep_checkpoints": 8}))
