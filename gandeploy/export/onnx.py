@@ -151,7 +151,8 @@ FLOAT16_MAX = 65504.0
 def overflowing_nodes(path: Path, feeds: list[dict]) -> list[dict]:
     """Nodes of an FP32 ONNX that read or write a float value beyond float16's range (|x| > 65504) on any of
     `feeds`: in float16 those values become inf, and inf becomes NaN or a saturated image downstream. Each comes
-    with its op and the largest |value| seen (ModelOpt AutoCast decides by the same kind of threshold)."""
+    with its op, the largest |value| seen (ModelOpt AutoCast decides by the same kind of threshold) and the index of
+    the feed that made it (None for a weight)."""
     import onnx
     import onnxruntime as ort
 
@@ -169,18 +170,20 @@ def overflowing_nodes(path: Path, feeds: list[dict]) -> list[dict]:
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     largest: dict[str, float] = {}
-    for feed in feeds:
+    source: dict[str, int | None] = {}
+    for k, feed in enumerate(feeds):
         for name, value in zip(names, session.run(None, feed)):
-            if name in floats and value.size:
-                largest[name] = max(largest.get(name, 0.0), float(np.max(np.abs(value))))
+            if name in floats and value.size and float(np.max(np.abs(value))) > largest.get(name, 0.0):
+                largest[name], source[name] = float(np.max(np.abs(value))), k
     for t in model.graph.initializer:  # weights too large for float16 are clipped by the converter
         if t.name in floats:
             largest[t.name] = float(np.max(np.abs(onnx.numpy_helper.to_array(t)))) if np.prod(t.dims) else 0.0
     kept = []
     for node in model.graph.node:
-        seen = [largest.get(name, 0.0) for name in (*node.input, *node.output) if name]
-        if seen and max(seen) > FLOAT16_MAX:
-            kept.append({"node": node.name, "op": node.op_type, "max_abs": max(seen), "why": "overflows float16"})
+        seen = max(((largest.get(name, 0.0), name) for name in (*node.input, *node.output) if name), default=None)
+        if seen and seen[0] > FLOAT16_MAX:
+            kept.append({"node": node.name, "op": node.op_type, "max_abs": seen[0], "feed": source.get(seen[1]),
+                         "why": "overflows float16"})
     return kept
 
 

@@ -126,6 +126,7 @@ def test_fp16_keeps_the_overflowing_nodes_in_float32(tmp_path):
     assert {k["op"] for k in kept} >= {"Mul", "Relu"}
     arithmetic = fp16["float16_arithmetic"]  # ONNX Runtime's CPU provider computes float16 graphs in float32
     assert arithmetic["kept_fp32"]["passed"] and not arithmetic["plain_conversion"]["passed"]
+    assert arithmetic["kept_fp32"]["non_finite"] == 0 and arithmetic["plain_conversion"]["non_finite"] > 0
     assert fp16["passed"]
     note = next(line for line in lines if line.startswith("FP16: kept"))
     assert "plain conversion max |err|" in note and note.endswith("FAILED") and "PASSED; plain" in note

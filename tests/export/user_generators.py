@@ -93,8 +93,10 @@ class Overflowing(nn.Module):
     def __init__(self, nz=8):
         super().__init__()
         self.fc = nn.Linear(nz, 3 * 16 * 16)
-        with torch.no_grad():
-            self.fc.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():  # every value seeded: the process's default seed differs from run to run
+            g = torch.Generator().manual_seed(1)
+            self.fc.weight.normal_(0, 1.0, generator=g)
+            self.fc.bias.uniform_(-0.3, 0.3, generator=g)
 
     def forward(self, z):
         h = torch.relu(self.fc(z) * 40000.0)  # up to ~1e5 and more
