@@ -139,14 +139,14 @@ def _fp16(tmp: Path, config: dict, references: dict, output: str, log) -> dict:
     try:
         # the smallest batch whose latents overflowed (the checks draw fresh latents each time: batch 1 may not)
         batches = list(references)
-        hit = sorted(batches[k["feed"]] for k in keep if k["feed"] is not None) or [min(references)]
-        smallest = {hit[0]: references[hit[0]]}
+        batch = min((batches[k["feed"]] for k in keep if k["feed"] is not None), default=min(references))
+        smallest = {batch: references[batch]}
         ours, without = (_check_reference_evaluator(path, config, smallest, output)
                          for path in (tmp / FP16_FILE, plain))
     finally:
         plain.unlink(missing_ok=True)
     figures["kept_fp32"] = keep
-    figures["float16_arithmetic"] = {"evaluator": "onnx.reference (numpy float16)", "batch": hit[0],
+    figures["float16_arithmetic"] = {"evaluator": "onnx.reference (numpy float16)", "batch": batch,
                                      "kept_fp32": ours, "plain_conversion": without}
     names = ", ".join(f"{k['node']} ({k['op']}, |x| up to {k['max_abs']:.3g})" for k in keep)
     log(f"FP16: kept {len(keep)} node(s) in float32, as their values overflow float16 (65504): {names}. In float16 "

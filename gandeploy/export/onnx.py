@@ -173,8 +173,9 @@ def overflowing_nodes(path: Path, feeds: list[dict]) -> list[dict]:
     source: dict[str, int | None] = {}
     for k, feed in enumerate(feeds):
         for name, value in zip(names, session.run(None, feed)):
-            if name in floats and value.size and float(np.max(np.abs(value))) > largest.get(name, 0.0):
-                largest[name], source[name] = float(np.max(np.abs(value))), k
+            peak = float(np.max(np.abs(value))) if name in floats and value.size else 0.0
+            if peak > largest.get(name, 0.0):
+                largest[name], source[name] = peak, k
     for t in model.graph.initializer:  # weights too large for float16 are clipped by the converter
         if t.name in floats:
             largest[t.name] = float(np.max(np.abs(onnx.numpy_helper.to_array(t)))) if np.prod(t.dims) else 0.0
