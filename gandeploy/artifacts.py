@@ -48,7 +48,7 @@ def save_generator(path: str | Path, generator: torch.nn.Module, config: dict) -
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Build the generator a folder describes and load its weights; eval mode, on `device`."""
-    from .nets import FAMILIES, build_generator
+    from .nets import GENERATORS, build_generator
 
     folder = generator_dir(path)
     cfg_file, weights = folder / "config.json", folder / "model.safetensors"
@@ -59,8 +59,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         raise ArtifactError(f"{folder} is not a generator folder ({missing} is missing); train one with "
                             f"`gandeploy train` and pass runs/<name>")
     config = read_config(folder)
-    if config.get("family") not in FAMILIES:
-        raise ArtifactError(f"{cfg_file}: unknown family {config.get('family')!r}; valid: {', '.join(FAMILIES)}")
+    if config.get("family") not in GENERATORS:
+        raise ArtifactError(f"{cfg_file}: unknown family {config.get('family')!r}; valid: {', '.join(GENERATORS)}")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:

@@ -146,9 +146,12 @@ def export(
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine for this GPU (tensorrt + CUDA)."),
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="Write generator.fp16.onnx; build FP16 engines."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
-    min_batch: int = typer.Option(1, "--min-batch", help="Smallest batch (engine profile; checked)."),
-    opt_batch: int = typer.Option(64, "--opt-batch", help="Batch the engine is tuned for (checked)."),
-    max_batch: int = typer.Option(256, "--max-batch", help="Largest batch (engine profile; checked)."),
+    min_batch: Optional[int] = typer.Option(None, "--min-batch", help="Smallest batch (engine profile; checked). "
+                                                                      "Default 1."),
+    opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Batch the engine is tuned for (checked). "
+                                                                      "Default 64; 4 with --stylegan."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch (engine profile; checked). "
+                                                                      "Default 256; 16 with --stylegan."),
     output: str = typer.Option(
         "uint8", "--output", help="uint8: images (n, h, w, c) from the graph; float: raw (n, c, h, w)."),
     out: Optional[str] = typer.Option(None, "--out", help="Export folder (default: exports/<run name>)."),
@@ -169,17 +172,37 @@ def export(
     value_range: Optional[str] = typer.Option(
         None, "--value-range", help="--module: range of its images, LO,HI (default -1,1)."),
     classes: int = typer.Option(0, "--classes", min=0, help="--module: classes of a forward(z, labels) generator."),
+    stylegan: Optional[str] = typer.Option(
+        None, "--stylegan", help="An NVIDIA network pickle (stylegan2-ada-pytorch, stylegan3), read without running "
+                                 "the code it carries."),
+    psi: float = typer.Option(1.0, "--psi", help="--stylegan: truncation psi (1: none; 0.7 is common)."),
+    truncation_cutoff: Optional[int] = typer.Option(
+        None, "--truncation-cutoff", help="--stylegan: truncate only the first N w vectors (default: all)."),
+    noise: str = typer.Option("const", "--noise", help="--stylegan: const (the stored noise) or none."),
+    network: str = typer.Option("G_ema", "--network", help="--stylegan: which network of the pickle: G_ema or G."),
 ):
     """Export a generator to ONNX (FP32 + FP16) and TensorRT, checking every file against PyTorch: a run of ours,
-    or your own module (--module or --arch, with --weights)."""
+    your own module (--module or --arch, with --weights), or an NVIDIA StyleGAN2/3 pickle (--stylegan)."""
     with _errors("export"):
         from .export import ExportOptions
         from .export import export as run_export
         from .formats.paths import latest_run
 
-        options = ExportOptions(onnx=onnx or not trt, trt=trt, fp16=fp16, opset=opset, min_batch=min_batch,
-                                opt_batch=opt_batch, max_batch=max_batch, output=output)
-        if module or arch or weights:
+        from .export.stylegan import BATCHES
+
+        given = {k: v for k, v in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch))
+                 if v is not None}
+        options = ExportOptions(onnx=onnx or not trt, trt=trt, fp16=fp16, opset=opset, output=output,
+                                **{**(BATCHES if stylegan else {}), **given})
+        if stylegan:
+            from .export.stylegan import export_stylegan
+
+            if source is not None or module or arch or weights:
+                raise UserError("--stylegan takes the pickle alone; leave out the run folder, --module, --arch and "
+                                "--weights")
+            folder = export_stylegan(stylegan, out, psi=psi, cutoff=truncation_cutoff, noise_mode=noise,
+                                     network_name=network, options=options, log=typer.echo)
+        elif module or arch or weights:
             from .export.module import export_files
 
             if source is not None:

@@ -188,18 +188,29 @@ def overflowing_nodes(path: Path, feeds: list[dict]) -> list[dict]:
     return kept
 
 
+# what the float -> uint8 conversion is made of (levels(): shift, scale, round, clip; then transpose and cast)
+_POST_OPS = {"Add", "Sub", "Mul", "Div", "Round", "Clip", "Max", "Min", "Transpose", "Cast"}
+
+
 def _post_processing_nodes(model) -> list[str]:
-    """Names of the nodes after the generator's final Tanh (the uint8 conversion), if any."""
+    """Names of the nodes of the uint8 conversion at the graph's end: the chain of elementwise ops with constant
+    operands that leads to the output, read off the graph whatever the generator's last activation is."""
+    import onnx
+
+    if model.graph.output[0].type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+        return []  # float output: no conversion in the graph
     nodes = list(model.graph.node)
-    tanh = [i for i, n in enumerate(nodes) if n.op_type == "Tanh"]
-    if not tanh:
-        return []
-    reached = set(nodes[tanh[-1]].output)
-    names = []
-    for node in nodes[tanh[-1] + 1:]:
-        if reached.intersection(node.input):
-            reached.update(node.output)
-            names.append(node.name)
+    producers = {out: node for node in nodes for out in node.output}
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {out for node in nodes if node.op_type == "Constant" for out in node.output}
+    names, tensor = [], model.graph.output[0].name
+    while tensor in producers and producers[tensor].op_type in _POST_OPS:
+        node = producers[tensor]
+        variable = [name for name in node.input if name and name not in constants]
+        if len(variable) != 1:  # two computed operands: the generator's own arithmetic (a skip connection, say)
+            break
+        names.append(node.name)
+        tensor = variable[0]
     return names
 
 

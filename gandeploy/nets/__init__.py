@@ -13,10 +13,17 @@ from .layers import dcgan_init  # noqa: F401  (re-exported)
 
 FAMILIES = {"dcgan": dcgan, "infogan": infogan, "mlp": mlp}
 RESOLUTIONS = dcgan.RESOLUTIONS
+# generators that are exported, not trained here: NVIDIA's networks read from their pickles (nets/stylegan)
+FOREIGN = ("stylegan2", "stylegan3")
+GENERATORS = (*FAMILIES, *FOREIGN)
 
 
 def build_generator(config: dict) -> nn.Module:
     """Build a generator from its config.json dictionary (see `generator_config`)."""
+    if config["family"] in FOREIGN:
+        from . import stylegan
+
+        return stylegan.from_config(config)
     family = FAMILIES[config["family"]]
     return family.Generator(latent_dim=config["latent_dim"], resolution=config["resolution"],
                             channels=config["channels"], width=config["width"],
