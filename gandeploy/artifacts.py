@@ -68,8 +68,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     try:
         model = build_generator(config)
         model.load_state_dict(state)
-    except (KeyError, TypeError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0]
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ArtifactError(f"{folder}: weights do not match config.json ({first})") from None
     return model.to(device).eval(), config
 

@@ -26,6 +26,7 @@ from .errors import UserError
 
 SCHEMA_VERSION = 1
 FID_DELTA_TARGET = 0.1
+REAL_SEED = 2  # `--real EXPORT`: its torch images of this seed (rows use seed 0, the noise floor seed 1)
 QUICK_FID_SAMPLES = 100  # --quick on 2 CPU cores: 5 x 100 images through Inception in about a minute
 
 
@@ -236,7 +237,8 @@ def _fid_rows(results: dict, samplers: dict, options: BenchOptions, classes) -> 
                                    samplers[("torch", "fp32")].info["device"])
     from .metrics.quality import kid
 
-    real_images, real_what = fid.load_images(options.real, n)
+    # an export as the real side: its PyTorch FP32 images of a seed no row uses (distribution parity with ours)
+    real_images, real_what = fid.load_images(options.real, n, seed=REAL_SEED, backend="torch")
     real_features = fid.real_features(real_images, net, progress=options.progress)
     real = fid.statistics(real_features)
     labels = None if classes is None else np.arange(n) % classes

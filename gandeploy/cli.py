@@ -292,7 +292,8 @@ def bench(
         None, "--fid-samples", min=0,
         help="Images per FID (default: 10000 on a GPU, none on CPU, 100 with --quick; 0 = no FID)."),
     real: str = typer.Option(
-        "mnist", "--real", help="Real data for FID: mnist (the bundled digits) or an image folder."),
+        "mnist", "--real", help="Real data for FID: mnist (the bundled digits), an image folder, or an export "
+                                "(its PyTorch FP32 images of seed 2: distribution parity with our own network)."),
     quick: bool = typer.Option(False, "--quick", help="Shorter timing windows and fewer parity samples."),
     out: Optional[str] = typer.Option(None, "--out", help="Report folder (default: bench/results/<name>)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),

@@ -98,7 +98,8 @@ def write_export(generator, config: dict, name: str, out: Path, options: ExportO
                   "onnxruntime_fp32": _check_onnx(tmp / FP32_FILE, config, references, options.output, "fp32")}
         artifacts = {FP32_FILE: mf.describe(tmp / FP32_FILE, precision="fp32")}
         if options.fp16:
-            parity["onnxruntime_fp16"] = _fp16(tmp, config, references, options.output, log)
+            scopes = generator.float32_scopes() if hasattr(generator, "float32_scopes") else ()
+            parity["onnxruntime_fp16"] = _fp16(tmp, config, references, options.output, log, scopes)
             artifacts[FP16_FILE] = mf.describe(tmp / FP16_FILE, precision="fp16")
         if generator_folder is not None:
             # the PyTorch generator travels with the export: the torch backend and parity need no run folder
@@ -122,14 +123,21 @@ def write_export(generator, config: dict, name: str, out: Path, options: ExportO
     return out
 
 
-def _fp16(tmp: Path, config: dict, references: dict, output: str, log) -> dict:
+def _fp16(tmp: Path, config: dict, references: dict, output: str, log, scopes=()) -> dict:
     """The FP16 twin, with the nodes whose values overflow float16 on the check's latents kept in float32
-    (StyleGAN2 clamps activations for this reason; Real-ESRGAN users see black or NaN images without it)."""
+    (StyleGAN2 clamps activations for this reason; Real-ESRGAN users see black or NaN images without it), and
+    the generator's own float32 `scopes` (module paths) kept too."""
     feeds = [feeds for feeds, _ in references.values()]
     keep = ox.overflowing_nodes(tmp / FP32_FILE, feeds)
-    ox.convert_fp16(tmp / FP32_FILE, tmp / FP16_FILE, keep=[k["node"] for k in keep])
+    mix = ox.convert_fp16(tmp / FP32_FILE, tmp / FP16_FILE, keep=[k["node"] for k in keep], scopes=scopes)
     ox.check_model(tmp / FP16_FILE)
     figures = _check_onnx(tmp / FP16_FILE, config, references, output, "fp16")
+    figures["mixed_precision"] = {**mix, "float32_scopes": list(scopes)}
+    weights = mix["weights_float16"] + mix["weights_float32"]
+    log(f"FP16: {mix['nodes'] - mix['float32_nodes']} of {mix['nodes']} nodes and "
+        f"{mix['weights_float16'] / max(weights, 1):.1%} of {weights:,} weights in float16; float32 kept for "
+        f"{mix['float32_post_processing']} post-processing node(s), {mix['float32_scoped']} in the "
+        f"{len(scopes)} module(s) the generator keeps in float32, {mix['float32_kept']} overflowing")
     if not keep:
         return figures
     # ONNX Runtime's CPU provider computes float16 graphs in float32, so overflow never shows there: judge the

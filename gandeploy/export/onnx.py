@@ -129,20 +129,81 @@ def check_model(path: Path) -> None:
         raise UserError(f"{path} is not a valid ONNX model ({first}); re-run gandeploy export") from None
 
 
-def convert_fp16(src: Path, dst: Path, keep=()) -> None:
+def convert_fp16(src: Path, dst: Path, keep=(), scopes=()) -> dict:
     """Mixed precision with float32 inputs and outputs (onnxconverter-common: a pure graph rewrite that runs on
     any machine; ModelOpt AutoCast would need the CUDA stack). The uint8 post-processing stays float32: in float16,
     values near 255 are spaced 0.125 apart, enough to move a pixel across a rounding boundary. `keep` names more
-    nodes to leave in float32 (see `overflowing_nodes`)."""
+    nodes to leave in float32 (see `overflowing_nodes`), `scopes` module paths of the generator whose nodes stay
+    float32 (a StyleGAN's mapping network and low resolutions, as NVIDIA's own mixed precision does). Returns how
+    much of the graph is float16."""
     import onnx
     from onnxconverter_common import float16
 
     model = onnx.load(str(src))
-    block = _post_processing_nodes(model) + [name for name in keep]
+    post, scoped = _post_processing_nodes(model), nodes_in_scopes(model, scopes)
+    block = list(dict.fromkeys([*post, *scoped, *keep]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns about values clipped to the float16 range; parity checks those
-        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=block)
+        half = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, node_block_list=block)
+    _restore_float32_weights(half, model)
     onnx.save(half, str(dst))
+    sizes = {t: 0 for t in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    for t in half.graph.initializer:
+        if t.data_type in sizes:
+            sizes[t.data_type] += int(np.prod(t.dims))
+    return {"nodes": len(model.graph.node), "float32_nodes": len(block), "float32_post_processing": len(post),
+            "float32_scoped": len(scoped), "float32_kept": len(keep),
+            "weights_float16": sizes[onnx.TensorProto.FLOAT16], "weights_float32": sizes[onnx.TensorProto.FLOAT]}
+
+
+def _restore_float32_weights(half, original) -> None:
+    """The converter stores every weight in float16 and casts it back for the nodes it keeps in float32: give those
+    weights their float32 values again (a float32 layer with float16-rounded weights is not a float32 layer)."""
+    import onnx
+
+    floats = {t.name: t for t in original.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    consumers: dict[str, list] = {}
+    for node in half.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    renamed, dropped = {}, set()
+    for k, t in enumerate(half.graph.initializer):
+        users = consumers.get(t.name, [])
+        if t.data_type != onnx.TensorProto.FLOAT16 or t.name not in floats or not users or not all(
+                n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT for n in users):
+            continue
+        half.graph.initializer[k].CopyFrom(floats[t.name])
+        for cast in users:
+            renamed[cast.output[0]] = t.name
+            dropped.add(id(cast))
+    kept = [node for node in half.graph.node if id(node) not in dropped]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            node.input[i] = renamed.get(name, name)
+    del half.graph.node[:]
+    half.graph.node.extend(kept)
+    restored = set(renamed.values()) | set(renamed)
+    infos = [v for v in half.graph.value_info if v.name not in restored]  # the old float16 typings
+    del half.graph.value_info[:]
+    half.graph.value_info.extend(infos)
+
+
+def nodes_in_scopes(model, scopes) -> list[str]:
+    """Nodes that torch.onnx recorded as computed inside one of the generator's submodules `scopes` (paths below
+    the exported graph's `generator`, from each node's pkg.torch.onnx.name_scopes metadata)."""
+    import ast
+
+    prefixes = tuple(f"generator.{scope}" for scope in scopes)
+    names = []
+    for node in model.graph.node if prefixes else ():
+        meta = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "[]")
+        try:
+            path = ast.literal_eval(meta)
+        except (ValueError, SyntaxError):
+            continue
+        if any(str(part) == p or str(part).startswith(p + ".") for part in path for p in prefixes):
+            names.append(node.name)
+    return names
 
 
 FLOAT16_MAX = 65504.0

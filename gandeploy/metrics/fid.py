@@ -231,9 +231,10 @@ def check_statistics(mu: np.ndarray, sigma: np.ndarray, where: str) -> tuple[np.
 # ---- FID of a source against real data -----------------------------------------------------------------------------
 
 
-def load_images(source: str | Path, n: int | None = None, seed: int = 0) -> tuple[np.ndarray, str]:
+def load_images(source: str | Path, n: int | None = None, seed: int = 0,
+                backend: str = "auto") -> tuple[np.ndarray, str]:
     """uint8 (n, h, w, c) from `mnist` (the bundled digits), an image folder, a run/generator folder or an export
-    (sampled through the Sampler: images 0..n-1 of `seed`)."""
+    (sampled through the Sampler on `backend`: images 0..n-1 of `seed`)."""
     if str(source) == "mnist":
         from ..data import bundled_mnist
 
@@ -245,7 +246,7 @@ def load_images(source: str | Path, n: int | None = None, seed: int = 0) -> tupl
             raise UserError("--n is needed to sample a generator")
         from ..runtime import Sampler
 
-        with Sampler(path) as sampler:
+        with Sampler(path, backend=backend) as sampler:
             if sampler.config["num_classes"]:  # class-balanced: label k % classes
                 labels = np.arange(n) % sampler.config["num_classes"]
                 return sampler.sample(n, seed, labels), f"{path} ({sampler.info['backend']}, seed {seed})"

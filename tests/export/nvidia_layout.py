@@ -157,3 +157,14 @@ def write_fixture_pickle(name: str, path: Path, source: str = HARMLESS_SOURCE, e
                     training_set_kwargs=easydict(path="datasets/x.zip", resolution=64), **(extra or {}))
         path.write_bytes(pickle.dumps(data, protocol=protocol))
     return path
+
+
+if __name__ == "__main__":  # python tests/export/nvidia_layout.py sg3_t64 sg3_t64.pkl: a pickle to try export on
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write an NVIDIA-layout network pickle from a golden fixture of "
+                                                 "tests/data/stylegan (our files; no NVIDIA code in it).")
+    parser.add_argument("name", choices=sorted(p.stem for p in DATA.glob("*.safetensors")))
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    print(write_fixture_pickle(args.name, args.out))

@@ -121,7 +121,7 @@ class _Fixed(torch.nn.Module):
 EXPORT_CASES = {"sg3_t64": "psi0.7_cutoff2_const", "sg3_r64_cond": "psi1.0_const"}
 
 
-@pytest.mark.parametrize("name", FIXTURES)
+@pytest.mark.parametrize("name", ["sg3_r64_cond"])  # -T goes through the whole export in test_stylegan_export
 def test_onnx_export_matches_nvidia_in_onnxruntime(name, tmp_path):
     import onnx
     import onnxruntime as ort

@@ -10,18 +10,20 @@ import pytest
 import nvidia_layout as nv
 from conftest import cli
 from gandeploy import Sampler
+from gandeploy.export.tensorrt import unsupported_ops
 
-# fixture, psi, cutoff, noise, the NVIDIA image key it must reproduce; every architecture and both repositories
+# fixture, psi, cutoff, noise, the NVIDIA image key it must reproduce, FP16 too: every architecture and both
+# repositories; FP16 on one StyleGAN2 and one StyleGAN3 (a StyleGAN3 export takes about a minute here)
 CASES = [
-    ("ada_skip64", 0.7, None, "const", "psi0.7_const"),
-    ("ada_resnet64_cond", 1.0, None, "const", "psi1.0_const"),
-    ("ada_orig32", 0.7, None, "none", "psi0.7_none"),
-    ("ada_skip256", 0.7, None, "const", "psi0.7_const"),
-    ("sg3_stylegan2_64", 0.7, 2, "const", "psi0.7_cutoff2_const"),
-    ("sg3_t64", 0.7, None, "const", "psi0.7_const"),
-    ("sg3_r64_cond", 0.7, None, "const", "psi0.7_const"),
+    ("ada_skip64", 0.7, None, "const", "psi0.7_const", True),
+    ("ada_resnet64_cond", 1.0, None, "const", "psi1.0_const", False),
+    ("ada_orig32", 0.7, None, "none", "psi0.7_none", False),
+    ("ada_skip256", 0.7, None, "const", "psi0.7_const", False),
+    ("sg3_stylegan2_64", 0.7, 2, "const", "psi0.7_cutoff2_const", False),
+    ("sg3_t64", 0.7, None, "const", "psi0.7_const", True),
+    ("sg3_r64_cond", 0.7, 2, "const", "psi0.7_cutoff2_const", False),
 ]
-SMALL = ["--opt-batch", "4", "--max-batch", "8"]
+SMALL = ["--opt-batch", "2", "--max-batch", "3"]
 
 
 def export(tmp_path, name, psi, cutoff, noise, *extra):
@@ -39,9 +41,9 @@ def export(tmp_path, name, psi, cutoff, noise, *extra):
     return out, output
 
 
-@pytest.mark.parametrize("name, psi, cutoff, noise, key", CASES, ids=[c[0] for c in CASES])
-def test_exports_reproduce_nvidias_images(tmp_path, name, psi, cutoff, noise, key):
-    out, output = export(tmp_path, name, psi, cutoff, noise, "--output", "float")
+@pytest.mark.parametrize("name, psi, cutoff, noise, key, fp16", CASES, ids=[c[0] for c in CASES])
+def test_exports_reproduce_nvidias_images(tmp_path, name, psi, cutoff, noise, key, fp16):
+    out, output = export(tmp_path, name, psi, cutoff, noise, "--output", "float", "--fp16" if fp16 else "--no-fp16")
     _, record, golden = nv.fixture(name)
     z, labels, expected = golden["z"], golden.get("labels"), golden[key]
     labels = labels if record["init_kwargs"]["c_dim"] else None
@@ -53,6 +55,9 @@ def test_exports_reproduce_nvidias_images(tmp_path, name, psi, cutoff, noise, ke
             assert got.shape == expected[rows].shape
             err = np.abs(got - expected[rows]).max()
             assert err <= 1e-3 * scale, (n, err, scale)
+    # TensorRT's ONNX parser takes every op (checked against its operator table: no GPU or TensorRT here)
+    for file in ("generator.onnx", "generator.fp16.onnx") if fp16 else ("generator.onnx",):
+        assert unsupported_ops(out / file) == [], file
     manifest = json.loads((out / "manifest.json").read_text())
     source = manifest["source"]
     assert source["format"] == "nvidia-network-pickle" and source["network"] == "G_ema"
@@ -65,8 +70,8 @@ def test_exports_reproduce_nvidias_images(tmp_path, name, psi, cutoff, noise, ke
 
 def test_uint8_export_matches_nvidias_conversion_within_one_level(tmp_path):
     """gen_images.py: (x * 127.5 + 128).clamp(0, 255).to(uint8); ours rounds (x + 1) * 127.5."""
-    out, output = export(tmp_path, "sg3_t64", 0.7, None, "const", "--no-fp16")
-    golden = nv.fixture("sg3_t64")[2]
+    out, output = export(tmp_path, "ada_orig32", 0.7, None, "const", "--no-fp16")
+    golden = nv.fixture("ada_orig32")[2]
     nvidia = np.clip(golden["psi0.7_const"] * 127.5 + 128, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     with Sampler(out, backend="onnxruntime") as sampler:
         got = sampler.run(golden["z"])
@@ -94,3 +99,27 @@ def test_bad_options_get_one_line_and_nothing_written(tmp_path, args, message):
     code, output = cli("export", "--stylegan", str(pkl), "--out", str(tmp_path / "out"), *args)
     assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def orig32_generator(tmp_path_factory):
+    out, _ = export(tmp_path_factory.mktemp("orig32"), "ada_orig32", 0.7, None, "const", "--no-fp16")
+    return out / "generator"
+
+
+@pytest.mark.parametrize("field, value", [("class", "os.system"), ("psi", "0.7"), ("init_kwargs", [1]),
+                                          ("cutoff", -1)])
+def test_a_tampered_generator_spec_is_one_line(tmp_path, orig32_generator, field, value):
+    """config.json of the export's generator folder is read back (torch backend): its `stylegan` entry is data."""
+    import shutil
+
+    from gandeploy.artifacts import load_generator
+    from gandeploy.errors import ArtifactError
+
+    folder = shutil.copytree(orig32_generator, tmp_path / "generator")
+    spec = json.loads((folder / "config.json").read_text())
+    spec["stylegan"][field] = value
+    (folder / "config.json").write_text(json.dumps(spec))
+    with pytest.raises(ArtifactError, match="weights do not match config.json") as e:
+        load_generator(folder)
+    assert "\n" not in str(e.value)

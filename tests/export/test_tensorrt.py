@@ -4,6 +4,7 @@ reason availability() gives)."""
 
 import ast
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,14 @@ from gandeploy.export.tensorrt import (
     TensorRTUnavailable,
     availability,
     build_engine,
+    check_operators,
     engine_filename,
     fp16_layer_count,
     load_engine,
     parser_error_message,
     run_engine,
     timing_cache_path,
+    unsupported_ops,
     uses_strongly_typed,
 )
 from gandeploy.runtime.backends import BackendUnavailable, Source
@@ -229,6 +232,145 @@ def test_loader_names_the_missing_engine_before_anything_else(tmp_path):
         assert str(caught.value) == REASON
 
 
+# ---- which graphs TensorRT imports (static: no TensorRT needed) ------------------------------------------------
+
+
+def _graph(nodes, inputs, outputs, initializers=(), opset=18):
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _value(name, dtype, shape):
+    from onnx import helper
+
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def _ints(name, values):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+
+def _floats(name, values):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(values, np.float32), name)
+
+
+def _unsupported_cases():
+    """(model, what the report must say): one thing TensorRT's table or importer refuses in each."""
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    x4 = [_value("x", T.FLOAT, ["n", 1, 4, 4])]
+    y = lambda *shape: [_value("y", T.FLOAT, list(shape) or None)]  # noqa: E731
+    return {
+        "det": (_graph([helper.make_node("Reshape", ["x", "s"], ["m"], name="odd/Reshape"),
+                        helper.make_node("Det", ["m"], ["y"], name="odd/Det")],
+                       [_value("x", T.FLOAT, ["n", 16])], y("n"), [_ints("s", [-1, 4, 4])]),
+                "Det (node 'odd/Det'): not in TensorRT's ONNX operator table"),
+        "cubic": (_graph([helper.make_node("Resize", ["x", "", "k"], ["y"], name="up", mode="cubic")],
+                         x4, y("n", 1, 8, 8), [_floats("k", [1, 1, 2, 2])]),
+                  "Resize (node 'up'): mode 'cubic' (TensorRT: linear, nearest)"),
+        "weights": (_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="dyn")],
+                           x4 + [_value("w", T.FLOAT, [1, 1, 3, 3])], y("n", 1, 2, 2)),
+                    "Conv (node 'dyn'): weights W computed at run time"),
+        "uint8": (_graph([helper.make_node("Cast", ["x"], ["q"], name="to8", to=T.UINT8),
+                          helper.make_node("Cast", ["q"], ["y"], name="back", to=T.FLOAT)], x4, y("n", 1, 4, 4)),
+                  "Cast (node 'to8' and 1 more): UINT8 tensor 'q' inside the graph"),
+        "int16": (_graph([helper.make_node("Cast", ["x"], ["y"], name="c16", to=T.INT16)],
+                         x4, [_value("y", T.INT16, ["n", 1, 4, 4])]),
+                  "Cast (node 'c16'): cast to INT16"),
+        "rank9": (_graph([helper.make_node("Reshape", ["x", "s"], ["y"], name="r9")], x4, y(*[1] * 8 + ["n"]),
+                         [_ints("s", [1] * 8 + [-1])]),
+                  "Reshape (node 'r9'): rank-9 tensor 'y' (TensorRT tensors have at most 8 axes)"),
+        "axes": (_graph([helper.make_node("ReduceMean", ["x", "a"], ["y"], name="mean")],
+                        x4 + [_value("a", T.INT64, [1])], y()),
+                 "ReduceMean (node 'mean'): axes computed at run time"),
+        "custom": (_graph([helper.make_node("Fancy", ["x"], ["y"], name="f", domain="com.example")], x4,
+                          y("n", 1, 4, 4)),
+                   "Fancy (node 'f'): custom domain 'com.example'"),
+        "opset": (_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], x4, y("n", 1, 4, 4), opset=8),
+                  "opset 8 (TensorRT imports opset 9 to 24)"),
+    }
+
+
+@pytest.mark.parametrize("case", ["det", "cubic", "weights", "uint8", "int16", "rank9", "axes", "custom", "opset"])
+def test_unsupported_operators_are_named_with_the_node(case, tmp_path):
+    import onnx
+
+    model, expected = _unsupported_cases()[case]
+    problems = unsupported_ops(model)
+    assert any(p.startswith(expected) for p in problems), problems
+    onnx.save(model, tmp_path / "generator.onnx")
+    assert unsupported_ops(tmp_path / "generator.onnx") == problems  # a path reads the same
+    with pytest.raises(UserError) as caught:
+        check_operators(tmp_path / "generator.onnx", "10.13.3")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("generator.onnx uses what TensorRT 10.13.3 cannot import: ")
+    assert expected in message and message.endswith("(per onnx/onnx-tensorrt docs/operators.md (TensorRT 10.15))")
+
+
+def test_what_stylegan_needs_is_supported_rank6_constant_pad_and_constant_folded_weights():
+    """Zero insertion as Reshape -> rank-6 constant Pad -> Reshape, and a ConvTranspose whose weights are a
+    Transpose of an initializer: Pad is a fill-mode ISliceLayer of any rank up to 8 in TensorRT's importer, and
+    weights computed from constants alone are build-time constants."""
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    nodes = [helper.make_node("Reshape", ["x", "s6"], ["a"], name="to6"),
+             helper.make_node("Pad", ["a", "p"], ["b"], name="zeros", mode="constant"),
+             helper.make_node("Reshape", ["b", "s4"], ["c"], name="to4"),
+             helper.make_node("Transpose", ["w"], ["wt"], name="t", perm=[1, 0, 2, 3]),
+             helper.make_node("ConvTranspose", ["c", "wt"], ["y"], name="up", strides=[2, 2])]
+    model = _graph(nodes, [_value("x", T.FLOAT, ["n", 2, 4, 4])], [_value("y", T.FLOAT, ["n", 2, 17, 17])],
+                   [_ints("s6", [-1, 2, 4, 1, 4, 1]), _ints("p", [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1]),
+                    _ints("s4", [-1, 2, 8, 8]), _floats("w", np.ones((2, 2, 3, 3)))])
+    assert unsupported_ops(model) == []
+
+
+def test_dcgan_exports_hold_only_operators_tensorrt_imports(exports):
+    for folder in exports.values():
+        for file in ("generator.onnx", "generator.fp16.onnx"):
+            assert unsupported_ops(folder / file) == [], (folder.name, file)
+
+
+def test_export_trt_refuses_an_unsupported_graph_before_tensorrt_parses_it(exports, tmp_path, monkeypatch):
+    """`gandeploy export EXPORT --trt` checks the ONNX it would build from (the FP16 one on a strongly typed
+    TensorRT) and stops with one line, exit 2, before the parser or the builder: here with TensorRT faked, as the
+    check needs none of it."""
+    import shutil
+    import types
+
+    import onnx
+
+    from conftest import cli
+    from gandeploy.export import tensorrt as trt_module
+    from gandeploy.formats import manifest as mf
+
+    folder = tmp_path / "export"
+    shutil.copytree(exports["uint8"], folder)
+    model, _ = _unsupported_cases()["det"]
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 16
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for file in ("generator.onnx", "generator.fp16.onnx"):
+        onnx.save(model, folder / file)
+        manifest["artifacts"][file] = mf.describe(folder / file, precision=manifest["artifacts"][file]["precision"])
+    (folder / "manifest.json").write_text(mf.dumps(manifest))
+    monkeypatch.setattr(trt_module, "availability", lambda: None)
+    monkeypatch.setattr(trt_module, "_require", lambda: None)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.3"))
+    for extra, file in (((), "generator.fp16.onnx"), (("--no-fp16",), "generator.onnx")):
+        code, output = cli("export", str(folder), "--trt", *extra)
+        assert code == 2 and len(output.strip().splitlines()) == 1, output
+        assert f"{file} uses what TensorRT 10.13.3 cannot import: Det (node 'odd/Det')" in output, output
+    assert json.loads((folder / "manifest.json").read_text())["engines"] == []
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-engine")]
+
+
 # ---- on a GPU with TensorRT and cuda-python ---------------------------------------------------------------------
 
 
@@ -397,3 +539,42 @@ def test_a_legacy_timing_cache_file_is_refused_with_the_fix(tiny_onnx, tmp_path)
     with pytest.raises(UserError, match="delete it"):
         build_engine(tiny_onnx[0], tiny_onnx[1], tmp_path, shapes=SHAPES, precision="fp32",
                      timing_cache=tmp_path / ".trt-timing-cache")
+
+
+@pytest.mark.gpu
+@needs_trt
+@pytest.mark.parametrize("name", ["ada_skip64", "sg3_t64"])
+def test_stylegan_engines_reproduce_nvidias_images(tmp_path, name):
+    """`export --stylegan --trt` of a golden fixture: the FP16 engine (and an FP32 one added after) run through the
+    Sampler give NVIDIA's images for the same z (fp32 as close as ONNX Runtime, fp16 at least 40 dB), and verify
+    passes on every backend, TensorRT included."""
+    import nvidia_layout as nv
+    from conftest import cli
+    from gandeploy import Sampler
+    from gandeploy.formats.parity import compare
+
+    if not (nv.DATA / f"{name}.safetensors").is_file():
+        pytest.skip(f"golden fixture {name} is not in tests/data/stylegan")
+    pkl = nv.write_fixture_pickle(name, tmp_path / f"{name}.pkl")
+    out = tmp_path / name
+    code, output = cli("export", "--stylegan", str(pkl), "--psi", "0.7", "--noise", "const", "--out", str(out),
+                       "--output", "float", "--opt-batch", "4", "--max-batch", "8", "--trt")
+    assert code == 0, output
+    code, output = cli("export", str(out), "--trt", "--no-fp16")
+    assert code == 0, output
+    golden = nv.fixture(name)[2]
+    z, expected = golden["z"], golden["psi0.7_const"]
+    scale = float(np.abs(expected).max())
+    for precision in ("fp32", "fp16"):
+        with Sampler(out, backend="tensorrt", device="cuda", precision=precision) as sampler:
+            for n in (1, 3, 8):
+                rows = np.arange(n) % len(z)
+                got = sampler.run(z[rows])
+                assert got.shape == expected[rows].shape and got.dtype == np.float32
+                figures = compare(expected[rows], got, "float")
+                if precision == "fp32":
+                    assert figures["max_abs_err"] <= 1e-3 * scale + 1e-4, (n, figures)
+                else:
+                    assert figures["psnr_db"] is None or figures["psnr_db"] >= 39.0, (n, figures)
+    code, output = cli("verify", str(out))
+    assert code == 0 and "FAILED" not in output and "tensorrt" in output, output

@@ -9,6 +9,8 @@ loads with `load_state_dict(strict=True)`. `StyleGAN` wraps one in gandeploy's g
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -63,13 +65,36 @@ class StyleGAN(nn.Module):
         self.c_dim = int(generator.c_dim)
         self.register_buffer("one_hot", torch.eye(max(self.c_dim, 1)), persistent=False)
 
+    def float32_scopes(self) -> list[str]:
+        """Module paths (below this one) that the FP16 export keeps in float32."""
+        return [f"G.{scope}" for scope in float32_scopes(self.G)]
+
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         c = self.one_hot[labels] if self.c_dim else None  # (n, c_dim)
         return self.G(z, c, truncation_psi=self.psi, truncation_cutoff=self.cutoff, noise_mode=self.noise_mode)
 
 
+def float32_scopes(generator: nn.Module) -> list[str]:
+    """The submodules NVIDIA's own mixed precision keeps in float32 (the mapping network, and the synthesis layers
+    below the `num_fp16_res` highest resolutions): the FP16 export keeps them in float32 too."""
+    synthesis = generator.synthesis
+    scopes = ["mapping"]
+    if hasattr(synthesis, "block_resolutions"):  # StyleGAN2: blocks b4 ... b{res}
+        fp16_resolution = max(2 ** (int(math.log2(synthesis.img_resolution)) + 1 - synthesis.num_fp16_res), 8)
+        scopes += [f"synthesis.b{res}" for res in synthesis.block_resolutions if res < fp16_resolution]
+    else:  # StyleGAN3: the Fourier input and each layer's own flag
+        scopes += ["synthesis.input"] + [f"synthesis.{name}" for name in synthesis.layer_names
+                                         if not getattr(synthesis, name).use_fp16]
+    return scopes
+
+
 def from_config(config: dict) -> StyleGAN:
     """The wrapper a generator folder's config.json describes (its `stylegan` entry); weights loaded by the caller."""
     spec = config["stylegan"]
-    generator = build(spec["class"], spec.get("init_args", []), spec["init_kwargs"])
-    return StyleGAN(generator, spec["psi"], spec.get("cutoff"), spec["noise_mode"])
+    args, kwargs, psi, cutoff = spec.get("init_args", []), spec["init_kwargs"], spec["psi"], spec.get("cutoff")
+    if not isinstance(args, list) or not isinstance(kwargs, dict) or isinstance(psi, bool) or \
+            not isinstance(psi, (int, float)) or not math.isfinite(psi) or \
+            not (cutoff is None or (isinstance(cutoff, int) and not isinstance(cutoff, bool) and cutoff >= 0)):
+        raise ValueError("stylegan: init_args must be a list, init_kwargs an object, psi a finite number and cutoff "
+                         "null or an integer >= 0")
+    return StyleGAN(build(spec["class"], args, kwargs), psi, cutoff, spec["noise_mode"])

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import SG3_MAPPING_DEFAULTS, FullyConnectedLayer, MappingNetwork
+from .common import SG3_MAPPING_DEFAULTS, FullyConnectedLayer, MappingNetwork, pad_or_crop, zero_upsample
 
 # ----------------------------------------------------------------------------------------------------------------
 # Filter design (Kaiser-windowed sinc for separable filters, Kaiser-windowed jinc for radial ones).
@@ -104,32 +104,12 @@ def modulated_conv2d(x, weight, styles, demodulate: bool, input_gain, padding: i
     return x * (weight_scale * (energy + 1e-8).rsqrt()).unsqueeze(2).unsqueeze(3)
 
 
-def _insert_zeros(x, factor: int):
-    """Upsample by putting factor - 1 zeros after every pixel along both axes. (n, c, h, w) -> (n, c, h*f, w*f)"""
-    if factor == 1:
-        return x
-    n, c, h, w = x.shape
-    x = x.reshape(n, c, h, 1, w, 1)
-    x = F.pad(x, [0, factor - 1, 0, 0, 0, factor - 1])  # (n, c, h, f, w, f)
-    return x.reshape(n, c, h * factor, w * factor)
-
-
-def _pad_or_crop(x, pad_x0: int, pad_x1: int, pad_y0: int, pad_y1: int):
-    """Zero-pad positive amounts, crop negative ones (kept as two ops: Pad with non-negative pads, then Slice)."""
-    if max(pad_x0, pad_x1, pad_y0, pad_y1) > 0:
-        x = F.pad(x, [max(pad_x0, 0), max(pad_x1, 0), max(pad_y0, 0), max(pad_y1, 0)])
-    if min(pad_x0, pad_x1, pad_y0, pad_y1) < 0:
-        h, w = x.shape[2], x.shape[3]
-        x = x[:, :, max(-pad_y0, 0):h - max(-pad_y1, 0), max(-pad_x0, 0):w - max(-pad_x1, 0)]
-    return x
-
-
 def fir_filter(x, taps, gain: float = 1.0, stride: int = 1):
     """Convolve every channel with the same FIR filter ('valid' extent) and keep every stride-th pixel.
 
     taps: (t,) applied along rows then columns, (t, t) applied as one 2D kernel, or None (identity). The total
     gain is spread evenly over the two passes of a separable filter. Subsampling is the convolution's stride,
-    which computes only the kept pixels.
+    which computes only the kept pixels (common.upfirdn2d would filter every pixel and then slice).
     """
     if taps is None:
         x = x * gain if gain != 1 else x
@@ -153,8 +133,8 @@ def filtered_lrelu(x, up_taps, down_taps, bias, up: int, down: int, padding, gai
     NVIDIA's reference filtered_lrelu, so outputs agree to float rounding.
     """
     x = x + bias.reshape(1, -1, 1, 1)  # (n, c, h, w)
-    x = _insert_zeros(x, up)  # (n, c, h*up, w*up)
-    x = _pad_or_crop(x, *padding)
+    x = zero_upsample(x, up, up)  # (n, c, h*up, w*up)
+    x = pad_or_crop(x, *padding)
     x = fir_filter(x, up_taps, gain=up ** 2)  # zero insertion keeps 1/up^2 of the energy: restore it
     if slope != 1:
         x = F.leaky_relu(x, slope)
