@@ -130,14 +130,18 @@ def _fp16(tmp: Path, config: dict, references: dict, output: str, log, scopes=()
     feeds = [feeds for feeds, _ in references.values()]
     keep = ox.overflowing_nodes(tmp / FP32_FILE, feeds)
     mix = ox.convert_fp16(tmp / FP32_FILE, tmp / FP16_FILE, keep=[k["node"] for k in keep], scopes=scopes)
-    ox.check_model(tmp / FP16_FILE)
+    problem = ox.validation_error(tmp / FP16_FILE)
+    if problem is not None:  # the converter's fault, not the user's: say what works
+        raise UserError(f"the FP16 conversion (onnxconverter-common) made an invalid graph ({problem}); export with "
+                        f"--no-fp16: the FP32 export is unaffected")
     figures = _check_onnx(tmp / FP16_FILE, config, references, output, "fp16")
     figures["mixed_precision"] = {**mix, "float32_scopes": list(scopes)}
     weights = mix["weights_float16"] + mix["weights_float32"]
     log(f"FP16: {mix['nodes'] - mix['float32_nodes']} of {mix['nodes']} nodes and "
         f"{mix['weights_float16'] / max(weights, 1):.1%} of {weights:,} weights in float16; float32 kept for "
         f"{mix['float32_post_processing']} post-processing node(s), {mix['float32_scoped']} in the "
-        f"{len(scopes)} module(s) the generator keeps in float32, {mix['float32_kept']} overflowing")
+        f"{len(scopes)} module(s) the generator keeps in float32, {mix['float32_kept']} overflowing, "
+        f"{mix['float32_casts']} cast(s) into float32")
     if not keep:
         return figures
     # ONNX Runtime's CPU provider computes float16 graphs in float32, so overflow never shows there: judge the

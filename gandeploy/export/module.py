@@ -55,6 +55,8 @@ def export_module(module: nn.Module, out: str | Path, *, latent_dim: int, latent
     graph = ModuleGraph(module.eval(), latent_shape, num_classes > 0)
     config = {"family": "module", "latent_dim": latent_dim, "num_classes": num_classes, "value_range": [lo, hi],
               "width": None, "embed_dim": None, **_probe(graph, latent_dim, num_classes)}
+    _check_labels(graph, latent_dim, num_classes)
+    _check_value_range(graph, latent_dim, num_classes, lo, hi, log)
     kind = type(module)
     origin = origin or {"module": f"{kind.__module__}.{kind.__qualname__}", "weights_sha256": _state_digest(module)}
     out = Path(out)
@@ -105,6 +107,55 @@ def _probe(graph: ModuleGraph, latent_dim: int, num_classes: int) -> dict:
     return {"resolution": int(height), "channels": int(channels)}
 
 
+def _check_labels(graph: ModuleGraph, latent_dim: int, num_classes: int, chunk: int = 64) -> None:
+    """Every label 0..K-1 runs (the export's checks draw labels at random: a too-small embedding would fail
+    later, in a traceback)."""
+    for start in range(0, num_classes, chunk):
+        labels = torch.arange(start, min(start + chunk, num_classes))
+        try:
+            with torch.inference_mode():
+                graph(torch.zeros(len(labels), latent_dim), labels)
+        except Exception as e:  # the user's code
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"--classes {num_classes}: the module failed on labels {start}..{start + len(labels) - 1}"
+                            f" ({type(e).__name__}: {first}); pass the number of classes it was built for") from None
+
+
+# share of output values allowed outside the declared range (a generator may overshoot a little: StyleGAN does)
+RANGE_REFUSE, RANGE_WARN = 0.05, 0.0
+RANGE_SPAN = 0.01  # images using less than this share of the declared range are declared wrongly
+
+
+def _check_value_range(graph: ModuleGraph, latent_dim: int, num_classes: int, lo: float, hi: float, log) -> None:
+    """The module's images on 16 seeded latents against the declared value range: refused when more than 5% of
+    the values fall outside it (the uint8 conversion would clip them away), a warning line for fewer."""
+    from ..latents import latents
+
+    z = torch.from_numpy(latents(0, 16, latent_dim))
+    labels = torch.arange(16) % num_classes if num_classes else None
+    with torch.inference_mode():
+        x = graph(z, labels).float()
+    margin = 1e-3 * (hi - lo)
+    outside = float(((x < lo - margin) | (x > hi + margin)).float().mean())
+    found = f"{float(x.min()):.3g}..{float(x.max()):.3g}"
+    where = f"{outside:.1%} of the module's output values on 16 random latents fall outside {lo:g}..{hi:g}"
+    fix = f"pass the range its images are in, e.g. --value-range {_suggest(float(x.min()), float(x.max()))}"
+    if outside > RANGE_REFUSE:
+        raise UserError(f"--value-range {lo:g},{hi:g}: {where} (measured {found}); {fix}")
+    if float(x.max() - x.min()) < RANGE_SPAN * (hi - lo):  # [0, 1] images declared 0..255: grey levels 0 and 1
+        raise UserError(f"--value-range {lo:g},{hi:g}: the module's output values on 16 random latents span only "
+                        f"{found}, under {RANGE_SPAN:.0%} of that range; {fix}")
+    if outside > RANGE_WARN:
+        log(f"warning: {where} (measured {found}); they are clipped in uint8 images")
+
+
+def _suggest(lo: float, hi: float) -> str:
+    for a, b in ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0)):  # the usual ranges, narrowest first
+        if a - 0.05 * (b - a) <= lo and hi <= b + 0.05 * (b - a):
+            return f"{a:g},{b:g}"
+    return f"{lo:.3g},{hi:.3g}"
+
+
 def _state_digest(module: nn.Module) -> str:
     """sha256 over the state_dict (names, dtypes, shapes, bytes), for modules given without a weights file."""
     digest = hashlib.sha256()
@@ -127,9 +178,14 @@ def import_object(spec: str):
         sys.path.insert(0, str(Path.cwd()))  # as uvicorn does: `mynets` is mynets.py in the working folder
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
+    except ModuleNotFoundError as e:
+        if e.name and not module_name.startswith(e.name) and not e.name.startswith(module_name):
+            raise UserError(f"--module {spec}: importing {module_name} needs {e.name}, which is not installed "
+                            f"here; pip install it (or the package that provides it)") from None
         raise UserError(f"--module {spec}: cannot import {module_name} ({e}); run from the folder that holds it or "
                         f"put it on PYTHONPATH") from None
+    except (Exception, SystemExit) as e:  # the user's code ran and failed (or exited): contained, in one line
+        raise UserError(f"--module {spec}: importing {module_name} failed: {_cause(e)}") from None
     if not hasattr(module, attr):
         raise UserError(f"--module {spec}: {module_name} has no {attr}")
     return getattr(module, attr)
@@ -143,9 +199,21 @@ def build_module(spec: str) -> nn.Module:
     except TypeError as e:
         raise UserError(f"--module {spec}: calling {spec.split(':')[1]}() failed ({e}); point --module at a "
                         f"function that builds the module with its arguments") from None
+    except (Exception, SystemExit) as e:
+        raise UserError(f"--module {spec}: calling {spec.split(':')[1]}() failed: {_cause(e)}") from None
     if not isinstance(module, nn.Module):
         raise UserError(f"--module {spec}: {spec.split(':')[1]}() returned {type(module).__name__}, not an nn.Module")
     return module
+
+
+def _cause(e: BaseException) -> str:
+    """One line for an exception raised by the user's code (SystemExit included)."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r}); a module to export must not exit when imported or built"
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} ({Path(e.filename or '?').name}, line {e.lineno})"
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -120,13 +120,20 @@ def _quiet_logs(name: str):
 
 
 def check_model(path: Path) -> None:
+    problem = validation_error(path)
+    if problem is not None:
+        raise UserError(f"{path} is not a valid ONNX model ({problem}); re-run gandeploy export")
+
+
+def validation_error(path: Path) -> str | None:
+    """The ONNX checker's first complaint about a file (full check, with shape inference), or None."""
     import onnx
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"{path} is not a valid ONNX model ({first}); re-run gandeploy export") from None
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return None
 
 
 def convert_fp16(src: Path, dst: Path, keep=(), scopes=()) -> dict:
@@ -141,7 +148,11 @@ def convert_fp16(src: Path, dst: Path, keep=(), scopes=()) -> dict:
 
     model = onnx.load(str(src))
     post, scoped = _post_processing_nodes(model), nodes_in_scopes(model, scopes)
-    block = list(dict.fromkeys([*post, *scoped, *keep]))
+    # casts into float32 (from int64 or bool: one_hot(labels).float()) stay as they are: the converter would type
+    # their output float16 but leave to=FLOAT, an invalid graph (microsoft/onnxconverter-common#320)
+    casts = [n.name for n in model.graph.node
+             if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)]
+    block = list(dict.fromkeys([*post, *scoped, *keep, *casts]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # it warns about values clipped to the float16 range; parity checks those
         half = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, node_block_list=block)
@@ -152,7 +163,7 @@ def convert_fp16(src: Path, dst: Path, keep=(), scopes=()) -> dict:
         if t.data_type in sizes:
             sizes[t.data_type] += int(np.prod(t.dims))
     return {"nodes": len(model.graph.node), "float32_nodes": len(block), "float32_post_processing": len(post),
-            "float32_scoped": len(scoped), "float32_kept": len(keep),
+            "float32_scoped": len(scoped), "float32_kept": len(keep), "float32_casts": len(casts),
             "weights_float16": sizes[onnx.TensorProto.FLOAT16], "weights_float32": sizes[onnx.TensorProto.FLOAT]}
 
 

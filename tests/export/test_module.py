@@ -99,10 +99,12 @@ def test_your_module_through_the_cli(user_folder):
     assert code == 2 and "the weights do not fit: 'fc.weight' is missing" in output
 
 
-@pytest.mark.parametrize("case", ["conditional", "mlp_0_1", "large_128"])
+@pytest.mark.parametrize("case", ["conditional", "one_hot_sigmoid", "mlp_0_1", "large_128"])
 def test_your_module_through_the_python_api(case, tmp_path):
     if case == "conditional":
         module, dim, shape, value_range, classes = ug.randomize(ug.ConditionalGenerator()), 8, None, (-1, 1), 5
+    elif case == "one_hot_sigmoid":  # an int64 -> float Cast (FP16 used to be an invalid graph), no Tanh at the end
+        module, dim, shape, value_range, classes = ug.randomize(ug.OneHotGenerator()), 8, None, (0.0, 1.0), 5
     elif case == "mlp_0_1":
         module, dim, shape, value_range, classes = ug.randomize(ug.MLPGenerator()), 10, None, (0.0, 1.0), 0
     else:
@@ -115,6 +117,9 @@ def test_your_module_through_the_python_api(case, tmp_path):
         got = sampler.sample(9, seed=5, labels=labels)
     assert within_one_level(got, module_images(module, z, labels, value_range, shape))
     assert all(c.parity.passed for c in verify(folder) if c.parity is not None)
+    mix = json.loads((folder / "manifest.json").read_text())["parity"]["onnxruntime_fp16"]["mixed_precision"]
+    assert mix["float32_post_processing"] >= 4  # the uint8 conversion, found from the graph's end, not from a Tanh
+    assert mix["float32_casts"] == (1 if case == "one_hot_sigmoid" else 0)
 
 
 def test_fp16_keeps_the_overflowing_nodes_in_float32(tmp_path):
@@ -187,3 +192,42 @@ def test_the_same_generators_through_the_cli(user_folder, name, args, shape, val
     assert within_one_level(got, module_images(module, latents(2, 6, dim), labels, value_range, shape))
     code, output = cli("verify", "exports/m")
     assert code == 0, output
+
+
+@pytest.mark.parametrize("source, spec, message", [
+    ("import einops_not_here\n", "broken:G", "importing broken needs einops_not_here, which is not installed"),
+    ("assert False, 'needs a CUDA device'\n", "broken:G", "importing broken failed: AssertionError: needs a CUDA"),
+    ("import sys\nsys.exit(0)\n", "broken:G", "importing broken failed: it called sys.exit(0)"),
+    ("def G(:\n", "broken:G", "importing broken failed: SyntaxError"),
+    ("raise RuntimeError('boom')\n", "broken:G", "importing broken failed: RuntimeError: boom"),
+    ("def G():\n    raise ValueError('no weights here')\n", "broken:G", "calling G() failed: ValueError: no weights"),
+    ("", "builtins:exit", "calling exit() failed: it called sys.exit(None)"),
+])
+def test_the_users_module_failing_or_exiting_is_one_line(user_folder, source, spec, message):
+    """Importing and calling the user's code is contained: an exit, an assertion, a missing dependency or a
+    SyntaxError is one line naming the module and the cause, exit 2, and nothing is written."""
+    (user_folder / "broken.py").write_text(source)
+    save_file({"w": torch.zeros(1)}, str(user_folder / "g.safetensors"))
+    sys.modules.pop("broken", None)
+    code, output = cli("export", "--module", spec, "--weights", "g.safetensors", "--latent-dim", "8")
+    assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
+    assert not (user_folder / "exports").exists()
+
+
+def test_more_classes_than_the_module_has_is_one_line(tmp_path):
+    module = ug.randomize(ug.ConditionalGenerator(classes=5))
+    with pytest.raises(UserError, match=r"--classes 7: the module failed on labels 0\.\.6 \(IndexError") as e:
+        export_module(module, tmp_path / "c", latent_dim=8, num_classes=7, options=small(), **QUIET)
+    assert "\n" not in str(e.value) and not (tmp_path / "c").exists()
+
+
+def test_the_declared_value_range_is_checked_against_the_images(tmp_path):
+    module = ug.randomize(ug.MLPGenerator())  # a sigmoid: images in 0..1
+    with pytest.raises(UserError, match=r"--value-range 0,255: .* span only .*, under 1% of that range; pass the "
+                                        r"range its images are in, e.g. --value-range 0,1") as e:
+        export_module(module, tmp_path / "a", latent_dim=10, value_range=(0, 255), options=small(), **QUIET)
+    assert "\n" not in str(e.value) and not (tmp_path / "a").exists()
+    with pytest.raises(UserError, match=r"--value-range -1,0: 100.0% of the module's output values on 16 random "
+                                        r"latents fall outside -1\.\.0 \(measured .*\); pass the range its images are "
+                                        r"in, e.g. --value-range 0,1"):  # a sigmoid's values are all above 0
+        export_module(module, tmp_path / "b", latent_dim=10, value_range=(-1, 0), options=small(), **QUIET)

@@ -59,6 +59,19 @@ class ConditionalGenerator(nn.Module):
         return self.up(h)
 
 
+class OneHotGenerator(nn.Module):
+    """The usual conditional pattern: one_hot(labels).float() (an int64 -> float Cast in the graph), Sigmoid out."""
+
+    def __init__(self, nz=8, classes=5):
+        super().__init__()
+        self.classes = classes
+        self.fc = nn.Linear(nz + classes, 3 * 8 * 8)
+
+    def forward(self, z, labels):
+        c = nn.functional.one_hot(labels, self.classes).float()
+        return torch.sigmoid(self.fc(torch.cat([z, c], dim=1))).view(-1, 3, 8, 8)
+
+
 class MLPGenerator(nn.Module):
     """Images in (0, 1) through a sigmoid, 28x28 grey."""
 
