@@ -128,10 +128,7 @@ def sample(
         with Sampler(source, backend=backend, device=device, precision=precision) as sampler:
             classes = sampler.config["num_classes"]
             try:
-                wanted = parse_labels(labels)
-                if wanted is None and classes:
-                    wanted = [k % classes for k in range(n)]
-                wanted = check_labels(wanted, n, classes)
+                wanted = check_labels(parse_labels(labels), n, classes)
             except LabelError as e:
                 raise UserError(f"--{e}" if str(e).startswith("labels:") else f"--labels: {e}") from None
             save_grid(sampler.sample(n, seed, wanted), out, scale=scale)

@@ -22,15 +22,21 @@ def parse_labels(text: str | None):
     return values[0] if len(values) == 1 else values
 
 
+def default_labels(n: int, classes: int, start: int = 0) -> np.ndarray:
+    """The one default for conditional generators everywhere (Sampler, sample, generate, serve v1): image k gets
+    label k % classes, so any n images cover the classes evenly."""
+    return np.arange(start, start + n, dtype=np.int64) % classes
+
+
 def check_labels(labels, n: int, classes: int) -> np.ndarray | None:
-    """labels as the backends take them (int64 (n,)), or None for an unconditional generator."""
+    """labels as the backends take them (int64 (n,)), or None for an unconditional generator; a conditional
+    generator's missing labels are `default_labels`."""
     if not classes:
         if labels is not None:
             raise LabelError("this generator is unconditional; pass no labels")
         return None
     if labels is None:
-        raise LabelError(f"this generator is class-conditional: pass labels (one int, or {n} ints in "
-                         f"0..{classes - 1})")
+        return default_labels(n, classes)
     try:
         array = np.asarray(labels)
     except (ValueError, TypeError, RecursionError):  # ragged or deeply nested lists

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import UserError
 from ..formats.files import atomic_dir, atomic_path, atomic_write_text, sha256, sweep
 from ..formats.images import png, to_uint8
+from ..formats.labels import default_labels
 from ..latents import latents
 from .sampler import Sampler
 
@@ -188,7 +189,7 @@ def _labels(plan: Plan, classes: int, start: int, count: int) -> np.ndarray | No
         return None
     if plan.label is not None:
         return np.full(count, plan.label, dtype=np.int64)
-    return (np.arange(start, start + count, dtype=np.int64) % classes)
+    return default_labels(count, classes, start)
 
 
 def _key(seed: int, index: int) -> str:

@@ -66,8 +66,8 @@ def test_conditional_labels(exports, tiny_conditional_run, backend):
         threes = sampler.sample(12, seed=1, labels=3)  # one label for all
         np.testing.assert_array_equal(threes[3], images[3])
         assert not np.array_equal(threes[4], images[4])
-        with pytest.raises(SamplerError, match="class-conditional: pass labels"):
-            sampler.sample(2, seed=0)
+        # no labels: image k gets k % classes, the one default of sample, generate, serve and the Sampler
+        np.testing.assert_array_equal(sampler.sample(12, seed=1), sampler.sample(12, seed=1, labels=labels))
         with pytest.raises(SamplerError, match="label 10 is out of range; this generator has classes 0..9"):
             sampler.sample(2, seed=0, labels=[1, 10])
         with pytest.raises(SamplerError, match=r"labels has shape \(3,\); expected one int or \(2,\)"):

@@ -107,3 +107,7 @@ def test_labels_must_be_integers(servers, exports):
     status, _, body = servers["cond"].request("POST", f"/v2/models/{name_of(exports['cond'])}/infer",
                                               {"inputs": tensors})
     assert status == 400 and "data is not INT64 numbers" in json.loads(body)["error"]
+    # the model's signature declares `label`: unlike v1 (k % classes by default), v2 requires it, as Triton would
+    status, _, body = servers["cond"].request("POST", f"/v2/models/{name_of(exports['cond'])}/infer",
+                                              {"inputs": tensors[:1]})
+    assert status == 400 and "input 'label' is required" in json.loads(body)["error"]

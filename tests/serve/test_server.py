@@ -121,7 +121,10 @@ def test_conditional_model_with_batching_off(exports):
         assert status == 200
         np.testing.assert_array_equal(npy(body), expected)
         assert server.get("/v1/generate?n=4&seed=3&labels=5")[0] == 200
-        for query in ("n=4&labels=10", "n=4&labels=1,2", "n=4&labels=x", "n=4"):
+        status, _, body = server.get("/v1/generate?n=4&seed=3&format=npy")  # no labels: k % classes, as sample
+        assert status == 200
+        np.testing.assert_array_equal(npy(body), expected)
+        for query in ("n=4&labels=10", "n=4&labels=1,2", "n=4&labels=x"):
             status, _, body = server.get(f"/v1/generate?{query}")
             assert status == 422 and json.loads(body)["field"] == "labels", query
     finally:
