@@ -252,8 +252,6 @@ def _inputs(header: dict, blobs: bytes, service) -> tuple[np.ndarray, np.ndarray
         labels = arrays["label"].reshape(-1)
         if len(labels) != n:
             raise ProtocolError(400, f"input 'label' has {len(labels)} rows for {n} rows of 'z'")
-    elif service.sampler.config["num_classes"]:  # the model's signature declares it, as Triton's would
-        raise ProtocolError(400, "input 'label' is required: this model is class-conditional (INT64, one per row)")
     if not np.isfinite(z).all():
         raise ProtocolError(400, "input 'z' holds NaN or infinity")
     try:

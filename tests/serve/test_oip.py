@@ -110,4 +110,4 @@ def test_labels_must_be_integers(servers, exports):
     # the model's signature declares `label`: unlike v1 (k % classes by default), v2 requires it, as Triton would
     status, _, body = servers["cond"].request("POST", f"/v2/models/{name_of(exports['cond'])}/infer",
                                               {"inputs": tensors[:1]})
-    assert status == 400 and "input 'label' is required" in json.loads(body)["error"]
+    assert status == 400 and "input 'label' is missing" in json.loads(body)["error"]
