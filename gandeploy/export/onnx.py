@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import UserError
 from ..formats.images import levels
 from ..latents import latents
+from .grouped import rewrite_batch_groups
 
 DEFAULT_OPSET = 18
 OUTPUTS = ("uint8", "float")
@@ -48,7 +49,7 @@ def input_names(config: dict) -> list[str]:
 
 def example_inputs(config: dict, n: int, seed: int) -> dict[str, np.ndarray]:
     """Counter-based latents of `seed` and (conditional models) labels 0, 1, 2, ... mod classes, shuffled by seed."""
-    feeds = {"z": latents(seed, n, config["latent_dim"])}
+    feeds = {"z": latents(seed, n, config["latent_dim"], dist=config.get("latent_distribution"))}
     if config["num_classes"]:
         feeds["label"] = np.random.default_rng(seed).integers(0, config["num_classes"], n, dtype=np.int64)
     return feeds
@@ -66,8 +67,11 @@ def export_onnx(graph: ExportGraph, config: dict, path: Path, opset: int = DEFAU
         with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logs("torch.onnx"),
               _quiet_logs("onnxscript")):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(graph.eval(), args, input_names=input_names(config), output_names=["images"],
-                                        dynamic_shapes=shapes, opset_version=opset, dynamo=True, optimize=True)
+            program = torch.onnx.export(_exported(graph.eval(), args, shapes), args, input_names=input_names(config),
+                                        output_names=["images"], dynamic_shapes=shapes, opset_version=opset,
+                                        dynamo=True, optimize=True)
+    except UserError:
+        raise
     except Exception as e:  # the exporter raises many types; the root cause's last line says what went wrong
         root = e.__cause__ or e
         lines = [line.strip() for line in str(root).splitlines() if line.strip()]
@@ -88,6 +92,16 @@ def export_onnx(graph: ExportGraph, config: dict, path: Path, opset: int = DEFAU
                         f"{random[0].name!r}): the export would bake in noise that no seed controls; pass the noise "
                         f"as part of z (a larger --latent-dim) or make it a buffer")
     program.save(str(path), external_data=False)
+
+
+def _exported(graph: nn.Module, args: tuple, shapes: dict):
+    """The torch.export program with convolutions grouped by the batch rewritten; the module itself where
+    torch.export fails, so that torch.onnx tries its other ways and reports the cause."""
+    try:
+        program = torch.export.export(graph, args, dynamic_shapes=shapes, strict=False)
+    except Exception:
+        return graph
+    return rewrite_batch_groups(program)
 
 
 RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -260,13 +274,17 @@ def overflowing_nodes(path: Path, feeds: list[dict]) -> list[dict]:
     return kept
 
 
-# what the float -> uint8 conversion is made of (levels(): shift, scale, round, clip; then transpose and cast)
-_POST_OPS = {"Add", "Sub", "Mul", "Div", "Round", "Clip", "Max", "Min", "Transpose", "Cast"}
+# what the float -> uint8 conversion is made of (levels(): shift, scale, round, clip; then transpose and cast), and
+# the elementwise ops a generator ends with (its output activation, a constant scale), as cheap in float32
+_POST_OPS = {"Add", "Sub", "Mul", "Div", "Round", "Clip", "Max", "Min", "Transpose", "Cast", "Sigmoid", "Tanh",
+             "HardSigmoid", "Softsign", "Relu", "LeakyRelu"}
+_LAYOUT_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}  # input 0 is the data, the others say its shape
 
 
 def _post_processing_nodes(model) -> list[str]:
-    """Names of the nodes of the uint8 conversion at the graph's end: the chain of elementwise ops with constant
-    operands that leads to the output, read off the graph whatever the generator's last activation is."""
+    """Names of the nodes at the graph's end that stay float32: the uint8 conversion and the elementwise ops with
+    constant operands before it (the generator's output activation, whatever it is), read off the graph. In
+    float16 a Sigmoid's output near 1 is spaced 2**-11 apart, a quarter of a grey level at 255."""
     import onnx
 
     if model.graph.output[0].type.tensor_type.elem_type != onnx.TensorProto.UINT8:
@@ -276,9 +294,10 @@ def _post_processing_nodes(model) -> list[str]:
     constants = {t.name for t in model.graph.initializer}
     constants |= {out for node in nodes if node.op_type == "Constant" for out in node.output}
     names, tensor = [], model.graph.output[0].name
-    while tensor in producers and producers[tensor].op_type in _POST_OPS:
+    while tensor in producers and producers[tensor].op_type in _POST_OPS | _LAYOUT_OPS:
         node = producers[tensor]
-        variable = [name for name in node.input if name and name not in constants]
+        data = node.input[:1] if node.op_type in _LAYOUT_OPS else node.input
+        variable = [name for name in data if name and name not in constants]
         if len(variable) != 1:  # two computed operands: the generator's own arithmetic (a skip connection, say)
             break
         names.append(node.name)

@@ -231,3 +231,64 @@ def test_the_declared_value_range_is_checked_against_the_images(tmp_path):
                                         r"latents fall outside -1\.\.0 \(measured .*\); pass the range its images are "
                                         r"in, e.g. --value-range 0,1"):  # a sigmoid's values are all above 0
         export_module(module, tmp_path / "b", latent_dim=10, value_range=(-1, 0), options=small(), **QUIET)
+
+
+@pytest.mark.parametrize("name", ["ModulatedGenerator", "ModulatedUpGenerator", "InnerTanh"])
+def test_modulated_convolutions_grouped_by_the_batch_and_an_inner_tanh(name, tmp_path):
+    """groups=batch (lucidrains' Conv2DMod, NVIDIA's fused transposed modconv) is rewritten so the batch stays
+    dynamic; an inner Tanh leaves the network's layers in float16 and only the uint8 tail in float32."""
+    module = ug.randomize(getattr(ug, name)(), seed=3)
+    folder = export_module(module, tmp_path / name, latent_dim=8, options=small(), **QUIET)
+    with Sampler(folder, backend="onnxruntime") as sampler:
+        for n in (1, 3, 8):
+            assert within_one_level(sampler.sample(n, seed=n), module_images(module, latents(n, n, 8)))
+    assert all(c.parity.passed for c in verify(folder) if c.parity is not None)
+    mix = json.loads((folder / "manifest.json").read_text())["parity"]["onnxruntime_fp16"]["mixed_precision"]
+    assert mix["float32_nodes"] == mix["float32_post_processing"] >= 4
+    weights = sum(p.numel() for p in module.parameters())
+    assert mix["weights_float16"] >= weights and mix["weights_float32"] < 16
+
+
+def test_a_convolution_grouped_by_the_batch_that_is_not_rewritten_is_one_line(user_folder):
+    torch.save(ug.WithModulated1d().state_dict(), user_folder / "w.pt")
+    code, output = cli("export", "--module", "mynets:WithModulated1d", "--weights", "w.pt", "--latent-dim", "8")
+    assert code == 2 and len(output.strip().splitlines()) == 1, output
+    assert ("the generator's block (Modulated1d) runs aten::conv1d with a group count that depends on the batch "
+            "size" in output and "apply the per-sample weights to the activations instead" in output)
+    assert list((user_folder / "exports").iterdir()) == [], list((user_folder / "exports").iterdir())
+
+
+def test_a_truncated_normal_generator_end_to_end(user_folder):
+    """--latent-dist truncated_normal (BigGAN's truncnorm(-t, t) times a truncation): recorded in the manifest and
+    drawn by the Sampler, verify and generate; the images are the module's on those latents."""
+    module = ug.randomize(ug.ConditionalGenerator(), seed=6)
+    torch.save(module.state_dict(), user_folder / "w.pt")
+    code, output = cli("export", "--module", "mynets:ConditionalGenerator", "--weights", "w.pt", "--latent-dim", "8",
+                       "--classes", "5", "--latent-dist", "truncated_normal", "--latent-bound", "1.5",
+                       "--latent-scale", "0.5", "--out", "exports/t", *SMALL)
+    assert code == 0, output
+    folder = user_folder / "exports" / "t"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    dist = {"name": "truncated_normal", "bound": 1.5, "scale": 0.5}
+    assert manifest["generator"]["latent_distribution"] == dist
+    with Sampler(folder, backend="onnxruntime") as sampler:
+        z = sampler.latents(7, seed=4)
+        np.testing.assert_array_equal(z, latents(4, 7, 8, dist=dist))
+        assert np.abs(z).max() <= 0.75
+        labels = np.arange(7) % 5
+        images = sampler.sample(7, seed=4)
+    assert within_one_level(images, module_images(module, z, labels))
+    code, output = cli("verify", "exports/t")
+    assert code == 0 and "PASSED" in output, output
+    code, output = cli("generate", "exports/t", "--n", "7", "--seed", "4", "--out", "shards", "--no-progress")
+    assert code == 0, output
+    record = json.loads((user_folder / "shards" / "shards.json").read_text())
+    got = np.concatenate([np.load(user_folder / "shards" / s["file"])["images"] for s in record["shards"]])
+    np.testing.assert_array_equal(got, images)
+    code, output = cli("export", "--module", "mynets:ConditionalGenerator", "--weights", "w.pt", "--latent-dim", "8",
+                       "--latent-dist", "normal", "--latent-bound", "2")
+    assert code == 2 and "a normal latent distribution has no bound" in output, output
+    manifest["generator"]["latent_distribution"] = {"name": "gauss"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    code, output = cli("verify", "exports/t")
+    assert code != 0 and "generator: latent_distribution: latent distribution 'gauss' is not one of" in output
