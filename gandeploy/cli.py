@@ -177,19 +177,33 @@ def export(
         None, "--truncation-cutoff", help="--stylegan: truncate only the first N w vectors (default: all)."),
     noise: str = typer.Option("const", "--noise", help="--stylegan: const (the stored noise) or none."),
     network: str = typer.Option("G_ema", "--network", help="--stylegan: which network of the pickle: G_ema or G."),
+    latent_dist: str = typer.Option(
+        "normal", "--latent-dist", help="The z the generator was trained on: normal, truncated_normal (|z| <= "
+                                        "--latent-bound, BigGAN's) or uniform (in [-bound, bound]). Recorded in the "
+                                        "manifest; the Sampler, serve, generate and verify draw from it."),
+    latent_bound: Optional[float] = typer.Option(
+        None, "--latent-bound", help="--latent-dist bound (default 2 for truncated_normal, 1 for uniform)."),
+    latent_scale: float = typer.Option(
+        1.0, "--latent-scale", help="Multiplies z (BigGAN's truncation: --latent-dist truncated_normal "
+                                    "--latent-scale 0.4)."),
 ):
     """Export a generator to ONNX (FP32 + FP16) and TensorRT, checking every file against PyTorch: a run of ours,
     your own module (--module or --arch, with --weights), or an NVIDIA StyleGAN2/3 pickle (--stylegan)."""
     with _errors("export"):
         from .export import ExportOptions
         from .export import export as run_export
-        from .formats.paths import latest_run
-
         from .export.stylegan import BATCHES
+        from .formats.paths import latest_run
+        from .latents import distribution
 
         given = {k: v for k, v in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch))
                  if v is not None}
+        try:
+            dist = distribution(latent_dist, latent_bound, latent_scale)
+        except ValueError as e:
+            raise UserError(f"--latent-dist {latent_dist}: {e}") from None
         options = ExportOptions(onnx=onnx or not trt, trt=trt, fp16=fp16, opset=opset, output=output,
+                                latent_distribution=None if dist == distribution() else dist,
                                 **{**(BATCHES if stylegan else {}), **given})
         if stylegan:
             from .export.stylegan import export_stylegan

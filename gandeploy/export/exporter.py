@@ -40,6 +40,7 @@ class ExportOptions:
     max_batch: int = 256
     output: str = "uint8"
     workspace_gib: float = 4.0
+    latent_distribution: dict | None = None  # gandeploy.latents.distribution(...); None: the standard normal
 
     def check(self) -> None:
         if self.output not in ox.OUTPUTS:
@@ -86,6 +87,8 @@ def write_export(generator, config: dict, name: str, out: Path, options: ExportO
     """The export of a generator module `generator(z, labels)` that `config` describes: ONNX checked against it,
     the FP16 twin, reference outputs, the PyTorch generator folder where there is one, and the manifest."""
     check_name(name, "the export's name (its folder's name)", UserError)
+    if options.latent_distribution is not None:  # what z the generator takes: every check below draws from it
+        config = {**config, "latent_distribution": options.latent_distribution}
     graph = ox.ExportGraph(generator, options.output, tuple(config["value_range"]))
     seed = secrets.randbelow(2**32)  # fresh latents for the checks, recorded for reproduction
     batches = ox.verification_batches(options.min_batch, options.opt_batch, options.max_batch)
@@ -266,7 +269,7 @@ def _manifest(name: str, origin: dict, config: dict, options: ExportOptions, art
         "schema_version": mf.SCHEMA_VERSION, "name": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "generator": {k: c[k] for k in ("family", "latent_dim", "resolution", "channels", "num_classes",
-                                        "value_range", "width", "embed_dim")},
+                                        "value_range", "width", "embed_dim", "latent_distribution") if k in c},
         "inputs": inputs,
         "output": {"name": "images", "kind": options.output, "dtype": "uint8" if options.output == "uint8" else
                    "float32", "shape": image, "layout": "NHWC" if options.output == "uint8" else "NCHW"},

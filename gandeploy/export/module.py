@@ -56,7 +56,7 @@ def export_module(module: nn.Module, out: str | Path, *, latent_dim: int, latent
     config = {"family": "module", "latent_dim": latent_dim, "num_classes": num_classes, "value_range": [lo, hi],
               "width": None, "embed_dim": None, **_probe(graph, latent_dim, num_classes)}
     _check_labels(graph, latent_dim, num_classes)
-    _check_value_range(graph, latent_dim, num_classes, lo, hi, log)
+    _check_value_range(graph, latent_dim, num_classes, lo, hi, log, options.latent_distribution)
     kind = type(module)
     origin = origin or {"module": f"{kind.__module__}.{kind.__qualname__}", "weights_sha256": _state_digest(module)}
     out = Path(out)
@@ -126,12 +126,13 @@ RANGE_REFUSE, RANGE_WARN = 0.05, 0.0
 RANGE_SPAN = 0.01  # images using less than this share of the declared range are declared wrongly
 
 
-def _check_value_range(graph: ModuleGraph, latent_dim: int, num_classes: int, lo: float, hi: float, log) -> None:
+def _check_value_range(graph: ModuleGraph, latent_dim: int, num_classes: int, lo: float, hi: float, log,
+                       dist: dict | None = None) -> None:
     """The module's images on 16 seeded latents against the declared value range: refused when more than 5% of
     the values fall outside it (the uint8 conversion would clip them away), a warning line for fewer."""
     from ..latents import latents
 
-    z = torch.from_numpy(latents(0, 16, latent_dim))
+    z = torch.from_numpy(latents(0, 16, latent_dim, dist=dist))
     labels = torch.arange(16) % num_classes if num_classes else None
     with torch.inference_mode():
         x = graph(z, labels).float()

@@ -4,7 +4,7 @@ Precision follows the TensorRT version (see `uses_strongly_typed`):
 - TensorRT >= 10.12 (and 11.x, where networks are always strongly typed and BuilderFlag.FP16 is gone): the network
   is strongly typed, so FP16 comes from the FP16 ONNX twin (FP16 inside, FP32 inputs/outputs).
 - older 10.x: the FP32 ONNX is built with BuilderFlag.FP16 and TensorRT picks FP16 kernels where it likes, except in
-  the uint8 post-processing after the generator's last Tanh, which is held to FP32 as in the FP16 ONNX.
+  the uint8 post-processing and the generator's output activation, which are held to FP32 as in the FP16 ONNX.
 Either way the built engine is inspected and a build asked for FP16 that holds no FP16 layer is refused.
 Before any of it, the ONNX graph is checked against TensorRT's operator table (`unsupported_ops`, static: no TensorRT
 needed), so an operator TensorRT cannot import is named in one line before a build starts.
@@ -316,32 +316,36 @@ def _parse(trt, builder, onnx_path: Path, strongly_typed: bool):
 
 
 def _keep_post_processing_fp32(trt, network) -> int:
-    """Weakly typed FP16 only: the layers fed by the generator's last Tanh (scale, round, clip, transpose, cast to
-    uint8) compute and output FP32, as in the FP16 ONNX (in FP16, values near 255 are 0.125 apart). Found by data
-    flow from the last TANH activation, not by name; returns how many layers were constrained."""
+    """Weakly typed FP16 only: the layers that end the network (the uint8 conversion: scale, round, clip,
+    transpose, cast; and the generator's output activation) compute and output FP32, as in the FP16 ONNX (in FP16,
+    values near 255 are 0.125 apart). Found by walking back from the output through elementwise and layout layers
+    with one computed operand, as `onnx._post_processing_nodes` does on the graph; returns how many layers were
+    constrained."""
     layers = [network.get_layer(i) for i in range(network.num_layers)]
-    last = None
-    for i, layer in enumerate(layers):
-        if layer.type == trt.LayerType.ACTIVATION:
-            layer.__class__ = trt.IActivationLayer  # the binding hands out ILayer; the subclass has the activation
-            if layer.type == trt.ActivationType.TANH:
-                last = i
-    if last is None:
-        return 0
-    reached = {layers[last].get_output(j).name for j in range(layers[last].num_outputs)}
-    floats = (trt.DataType.FLOAT, trt.DataType.HALF)
-    constrained = 0
-    for layer in layers[last + 1:]:
+    producer = {layer.get_output(j).name: layer for layer in layers for j in range(layer.num_outputs)}
+    constant = set()  # tensors computed from constants alone (a CONSTANT layer, perhaps reshaped or cast)
+    for layer in layers:
         inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
-        if not any(t is not None and t.name in reached for t in inputs):
-            continue
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        reached.update(t.name for t in outputs)
+        if layer.type == trt.LayerType.CONSTANT or (inputs and all(t is None or t.name in constant for t in inputs)):
+            constant.update(layer.get_output(j).name for j in range(layer.num_outputs))
+    kinds = {getattr(trt.LayerType, k) for k in ("ELEMENTWISE", "ACTIVATION", "UNARY", "SHUFFLE", "IDENTITY", "CAST")
+             if hasattr(trt.LayerType, k)}
+    floats = (trt.DataType.FLOAT, trt.DataType.HALF)
+    constrained, name = 0, network.get_output(0).name
+    while name in producer and producer[name].type in kinds:
+        layer = producer[name]
+        inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
+        if layer.type == trt.LayerType.SHUFFLE:
+            inputs = inputs[:1]  # a dynamic reshape's second input is its shape
+        variable = [t.name for t in inputs if t is not None and t.name not in constant]
+        if len(variable) != 1:  # two computed operands: the generator's own arithmetic
+            break
         layer.precision = trt.DataType.FLOAT
-        for j, tensor in enumerate(outputs):
-            if tensor.dtype in floats:  # not the final cast's uint8
+        for j in range(layer.num_outputs):
+            if layer.get_output(j).dtype in floats:  # not the final cast's uint8
                 layer.set_output_type(j, trt.DataType.FLOAT)
         constrained += 1
+        name = variable[0]
     return constrained
 
 

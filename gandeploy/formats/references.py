@@ -27,7 +27,7 @@ class References:
 def reference_inputs(config: dict, n: int = REFERENCE_COUNT, seed: int = REFERENCE_SEED):
     """(z, labels): images 0..n-1 of `seed`; conditional generators get label k % classes for image k."""
     labels = np.arange(n, dtype=np.int64) % config["num_classes"] if config["num_classes"] else None
-    return latents(seed, n, config["latent_dim"]), labels
+    return latents(seed, n, config["latent_dim"], dist=config.get("latent_distribution")), labels
 
 
 def save_references(path: Path, refs: References) -> None:

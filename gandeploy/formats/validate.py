@@ -8,6 +8,7 @@ import math
 import re
 
 from ..errors import ArtifactError
+from ..latents import distribution
 from .names import check_name, check_relative
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -74,11 +75,24 @@ def check_generator_spec(config, where: str, fix: str = "re-save the generator")
     for key in ("width", "embed_dim"):
         if config.get(key) is not None:
             f.integer(config[key], key, 1, 1 << 16)
+    if config.get("latent_distribution") is not None:
+        config["latent_distribution"] = _latent_distribution(f, config["latent_distribution"])
     if config.get("step") is not None:
         f.integer(config["step"], "step", 0)
     if config.get("run_name") is not None:
         f.text(config["run_name"], "run_name")
     return config
+
+
+def _latent_distribution(f: Fields, value) -> dict:
+    spec = f.obj(value, "latent_distribution")
+    unknown = sorted(set(spec) - {"name", "bound", "scale"})
+    if unknown:
+        f.fail("latent_distribution", f"unknown field {unknown[0]!r}")
+    try:
+        return distribution(spec.get("name"), spec.get("bound"), spec.get("scale", 1.0))
+    except (ValueError, TypeError) as e:
+        f.fail("latent_distribution", str(e))
 
 
 def check_manifest(manifest: dict, where: str) -> dict:

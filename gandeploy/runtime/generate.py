@@ -96,7 +96,7 @@ def generate(export_dir: str | Path, out: str | Path, plan: Plan, backend: str =
 
 def write_shard(sampler: Sampler, out: Path, plan: Plan, start: int, count: int) -> dict:
     """Compute images start..start+count-1 and write their shard; returns its shards.json entry."""
-    z = latents(plan.seed, count, sampler.config["latent_dim"], start)
+    z = latents(plan.seed, count, sampler.config["latent_dim"], start, sampler.config.get("latent_distribution"))
     labels = _labels(plan, sampler.config["num_classes"], start, count)
     images = sampler.run(z, labels)
     if images.dtype != np.uint8:  # a float export: the same conversion as the uint8 graph

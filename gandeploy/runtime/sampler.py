@@ -125,10 +125,11 @@ class Sampler:
     # ---- the API -------------------------------------------------------------------------------------------------
 
     def latents(self, n: int, seed: int) -> np.ndarray:
-        """float32 (n, latent_dim): the latents image 0..n-1 of `seed` are made from."""
+        """float32 (n, latent_dim): the latents image 0..n-1 of `seed` are made from, drawn from the export's
+        latent distribution (the standard normal unless it declares another)."""
         n = self._check_n(n)
         try:
-            return draw_latents(seed, n, self._dim)  # checks the seed
+            return draw_latents(seed, n, self._dim, dist=self.config.get("latent_distribution"))  # checks the seed
         except ValueError as e:
             raise SamplerError(str(e)) from None
 
