@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import CheckFailed, TrainingDiverged, UserError
+from .errors import BrokenArtifact, CheckFailed, TrainingDiverged, UserError
 
 TRITON_REPO = "exports/triton"
 # optional modules -> the pyproject extra that installs them
@@ -21,6 +21,16 @@ EXTRAS = {"torch": "train", "yaml": "train", "safetensors": "train", "tensorboar
 
 app = typer.Typer(help="Train GAN generators, export them, and sample them in production.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", help="Log what gandeploy decides (which backends were "
+                                                                "tried and why they could not run) on stderr.")):
+    """Train GAN generators, export them, and sample them in production."""
+    import logging
+
+    # warnings (a Sampler on PyTorch) always; with --verbose, every decision
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
 
 
 @contextlib.contextmanager
@@ -444,7 +454,12 @@ def verify(
         from .runtime.verify import verify as run_verify
 
         folder = export_dir if export_dir is not None else latest_export()
-        checks = run_verify(folder, backend, precision, device)
+        try:
+            checks = run_verify(folder, backend, precision, device)
+        except BrokenArtifact as e:  # damaged, changed or foreign files: the export fails, it is not bad input
+            typer.echo(f"FAILED   {e}")
+            typer.echo(f"{folder}: the export is damaged; no check ran")
+            raise typer.Exit(1) from None
         for check in checks:
             typer.echo(check.line())
         failed = [c for c in checks if c.status == "FAILED"]

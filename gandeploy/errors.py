@@ -17,6 +17,12 @@ class ArtifactError(UserError):
     pass
 
 
+class BrokenArtifact(ArtifactError):
+    """A file the manifest names is there but does not load, or is not what the manifest says: a failure of the
+    export everywhere (verify, serve, the Sampler, bench), never a reason to skip it or to fall back to another
+    backend."""
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 

@@ -219,8 +219,13 @@ def _torch_outputs(graph, config: dict, n: int, seed: int) -> tuple[dict, np.nda
 
 
 def _forward(graph, config: dict, feeds: dict) -> np.ndarray:
-    with torch.inference_mode():
-        return graph(*(torch.from_numpy(feeds[name]) for name in ox.input_names(config))).numpy()
+    try:
+        with torch.inference_mode():
+            return graph(*(torch.from_numpy(feeds[name]) for name in ox.input_names(config))).numpy()
+    except (Exception, SystemExit) as e:  # a user's module may fail on a batch its own checks did not try
+        cause = f"it called sys.exit({e.code!r})" if isinstance(e, SystemExit) else \
+            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        raise UserError(f"the generator failed on a batch of {len(feeds['z'])} check latents: {cause}") from None
 
 
 def _references(graph, config: dict, output: str) -> References:

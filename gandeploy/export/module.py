@@ -50,8 +50,7 @@ def export_module(module: nn.Module, out: str | Path, *, latent_dim: int, latent
         raise UserError(f"export_module needs a torch.nn.Module, got {type(module).__name__}")
     latent_dim, latent_shape = _check_latents(latent_dim, latent_shape)
     lo, hi = _check_range(value_range)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise UserError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+    _check_classes(num_classes)
     graph = ModuleGraph(module.eval(), latent_shape, num_classes > 0)
     config = {"family": "module", "latent_dim": latent_dim, "num_classes": num_classes, "value_range": [lo, hi],
               "width": None, "embed_dim": None, **_probe(graph, latent_dim, num_classes)}
@@ -63,9 +62,19 @@ def export_module(module: nn.Module, out: str | Path, *, latent_dim: int, latent
     return write_export(graph, config, name or out.name, out, options, origin, None, log)
 
 
+MAX_LATENT_DIM = 1 << 20  # what the manifest validator accepts: checked before anything is allocated
+MAX_CLASSES = 1 << 16  # every label is run before export
+
+
+def _check_classes(num_classes) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 0 <= num_classes <= MAX_CLASSES:
+        raise UserError(f"num_classes (--classes) must be an integer from 0 to {MAX_CLASSES}, got {num_classes!r}")
+
+
 def _check_latents(latent_dim, latent_shape) -> tuple[int, tuple[int, ...]]:
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-        raise UserError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or not 1 <= latent_dim <= MAX_LATENT_DIM:
+        raise UserError(f"latent_dim (--latent-dim) must be an integer from 1 to {MAX_LATENT_DIM}, got "
+                        f"{latent_dim!r}")
     shape = tuple(latent_shape) if latent_shape is not None else (latent_dim,)
     if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
         raise UserError(f"latent_shape must be positive integers, e.g. (100, 1, 1); got {latent_shape!r}")
@@ -91,10 +100,9 @@ def _probe(graph: ModuleGraph, latent_dim: int, num_classes: int) -> dict:
     try:
         with torch.inference_mode():
             x = graph(z, labels)
-    except Exception as e:  # the user's code: its own error says best what went wrong
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except (Exception, SystemExit) as e:  # the user's code: its own error says best what went wrong
         raise UserError(f"the module failed on latents of shape (2, {', '.join(map(str, graph.latent_shape))})"
-                        f"{' with labels' if num_classes else ''}: {type(e).__name__}: {first}; check "
+                        f"{' with labels' if num_classes else ''}: {_cause(e)}; check "
                         f"--latent-shape/--classes") from None
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point() or len(x) != 2:
         what = f"{x.dtype}{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
@@ -115,10 +123,9 @@ def _check_labels(graph: ModuleGraph, latent_dim: int, num_classes: int, chunk: 
         try:
             with torch.inference_mode():
                 graph(torch.zeros(len(labels), latent_dim), labels)
-        except Exception as e:  # the user's code
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        except (Exception, SystemExit) as e:  # the user's code
             raise UserError(f"--classes {num_classes}: the module failed on labels {start}..{start + len(labels) - 1}"
-                            f" ({type(e).__name__}: {first}); pass the number of classes it was built for") from None
+                            f" ({_cause(e)}); pass the number of classes it was built for") from None
 
 
 # share of output values allowed outside the declared range (a generator may overshoot a little: StyleGAN does)
@@ -134,8 +141,11 @@ def _check_value_range(graph: ModuleGraph, latent_dim: int, num_classes: int, lo
 
     z = torch.from_numpy(latents(0, 16, latent_dim, dist=dist))
     labels = torch.arange(16) % num_classes if num_classes else None
-    with torch.inference_mode():
-        x = graph(z, labels).float()
+    try:
+        with torch.inference_mode():
+            x = graph(z, labels).float()
+    except (Exception, SystemExit) as e:  # the user's code: random latents may reach what zeros did not
+        raise UserError(f"the module failed on 16 random latents: {_cause(e)}") from None
     margin = 1e-3 * (hi - lo)
     outside = float(((x < lo - margin) | (x > hi + margin)).float().mean())
     found = f"{float(x.min()):.3g}..{float(x.max()):.3g}"
@@ -253,8 +263,9 @@ def unwrap(state: dict) -> dict:
     return state
 
 
-def load_weights(module: nn.Module, state: dict, what: str) -> None:
-    """Strict load with one line naming the first key or shape that differs."""
+def load_weights(module: nn.Module, state: dict, what: str, log=print) -> None:
+    """Strict load with one line naming the first key or shape that differs, and a warning line when tensors are
+    cast to the module's dtypes (int64 or bool weights for float parameters are a sign of the wrong file)."""
     state = unwrap(state)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
@@ -266,13 +277,18 @@ def load_weights(module: nn.Module, state: dict, what: str) -> None:
         if tuple(state[key].shape) != tuple(value.shape):
             raise UserError(f"{what}: the weights do not fit: {key!r} has shape {tuple(state[key].shape)}, the "
                             f"module wants {tuple(value.shape)}")
+    casts = [f"{key!r} {str(state[key].dtype).removeprefix('torch.')} -> {str(value.dtype).removeprefix('torch.')}"
+             for key, value in own.items() if state[key].dtype != value.dtype]
+    if casts:
+        log(f"warning: {what}: {len(casts)} tensor(s) cast to the module's dtype ({', '.join(casts[:3])}"
+            f"{', ...' if len(casts) > 3 else ''})")
     module.load_state_dict(state)
 
 
 # ---- the PyTorch DCGAN tutorial ------------------------------------------------------------------------------
 
 
-def dcgan_tutorial(state: dict) -> tuple[nn.Module, dict]:
+def dcgan_tutorial(state: dict, log=print) -> tuple[nn.Module, dict]:
     """The PyTorch DCGAN tutorial's generator from its state_dict alone: nz, ngf and nc come from the weights'
     shapes. gandeploy's own DCGAN family at 64x64 with width ngf is the same network layer for layer (the
     tutorial's `main.i` is our `net.i`), so the weights load into it and the export carries a generator folder
@@ -292,7 +308,7 @@ def dcgan_tutorial(state: dict) -> tuple[nn.Module, dict]:
     model = build_generator(config)
     tutorial = nn.Module()
     tutorial.main = model.net  # the tutorial's names over our layers: loading one loads the other
-    load_weights(tutorial, state, f"{what} (nz={nz}, ngf={ngf}, nc={nc})")
+    load_weights(tutorial, state, f"{what} (nz={nz}, ngf={ngf}, nc={nc})", log)
     return model.eval(), config
 
 
@@ -319,7 +335,7 @@ def export_files(weights: str | Path, out: str | Path | None = None, *, module: 
         if latent_dim is not None or latent_shape is not None or value_range is not None or num_classes:
             raise UserError(f"--arch {arch} reads its latent size from the weights; leave out --latent-dim, "
                             f"--latent-shape, --value-range and --classes")
-        generator, config = ARCHITECTURES[arch](state)
+        generator, config = ARCHITECTURES[arch](state, log)
         options = options or ExportOptions()
         options.check()
         _require_onnx_stack()
@@ -328,8 +344,10 @@ def export_files(weights: str | Path, out: str | Path | None = None, *, module: 
             return write_export(generator, config, out.name, out, options, {"arch": arch, **origin}, folder, log)
     if latent_dim is None:
         raise UserError("--latent-dim is required with --module (the size of z the export takes)")
+    _check_latents(latent_dim, latent_shape)  # sizes first: before the user's code runs or anything is allocated
+    _check_classes(num_classes)
     built = build_module(module)
-    load_weights(built, state, f"--weights {weights.name} for {module}")
+    load_weights(built, state, f"--weights {weights.name} for {module}", log)
     return export_module(built, out, latent_dim=latent_dim, latent_shape=latent_shape,
                          value_range=value_range if value_range is not None else (-1.0, 1.0),
                          num_classes=num_classes, options=options, name=out.name,

@@ -72,6 +72,9 @@ def export_onnx(graph: ExportGraph, config: dict, path: Path, opset: int = DEFAU
                                         dynamo=True, optimize=True)
     except UserError:
         raise
+    except SystemExit as e:  # the generator's forward (a user's module) called sys.exit while being traced
+        raise UserError(f"the generator called sys.exit({e.code!r}) while torch.export traced its forward; a "
+                        f"module to export must not exit") from None
     except Exception as e:  # the exporter raises many types; the root cause's last line says what went wrong
         root = e.__cause__ or e
         lines = [line.strip() for line in str(root).splitlines() if line.strip()]

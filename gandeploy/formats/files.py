@@ -4,6 +4,7 @@ json + the standard library only: the serving side uses this too."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,14 +32,26 @@ def _publish(file: Path) -> None:
 
 
 @contextlib.contextmanager
+def _naming(path: Path):
+    """A full disk while writing `path` names it: a write() error carries no file name of its own."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or e.filename:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
     try:
-        yield tmp
-        _publish(tmp)
+        with _naming(path):
+            yield tmp
+            _publish(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -96,12 +109,13 @@ def atomic_dir(path: str | Path, kind: str | None = None):
     tmp = _temp_name(path)
     tmp.mkdir()
     try:
-        if kind is not None:
-            (tmp / MARK).write_text(json.dumps({"kind": kind, "written_by": "gandeploy"}) + "\n")
-        yield tmp
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                _publish(file)
+        with _naming(path):
+            if kind is not None:
+                (tmp / MARK).write_text(json.dumps({"kind": kind, "written_by": "gandeploy"}) + "\n")
+            yield tmp
+            for file in tmp.rglob("*"):
+                if file.is_file():
+                    _publish(file)
         old = None
         if path.exists():
             old = path.with_name(f".old-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")

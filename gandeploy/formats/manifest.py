@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, BrokenArtifact
 from .files import sha256
+from .onnx_scan import WireError, external_tensors
 
 FP32_FILE, FP16_FILE = "generator.onnx", "generator.fp16.onnx"
 GENERATOR_DIR = "generator"  # the PyTorch generator (config.json + model.safetensors) inside an export
@@ -51,14 +52,32 @@ def load_manifest(folder: str | Path) -> dict:
 
 
 def load_export(folder: str | Path) -> dict:
-    """`load_manifest` plus a check that every listed file is there, whole and unchanged."""
+    """`load_manifest` plus a check that every listed file is there, whole, unchanged, a plain file inside the
+    folder (no link), and, for ONNX files, holding all its weights (no external data: no checksum covers it)."""
     folder = Path(folder)
     manifest = load_manifest(folder)
+    root = folder.resolve()
     for name, entry in {**manifest["artifacts"], **{e["file"]: e for e in manifest.get("engines", [])}}.items():
         file = folder / name
+        if file.is_symlink() or (file.exists() and not file.resolve().is_relative_to(root)):
+            raise BrokenArtifact(f"{file} is a link (or under one) to {file.resolve()}; an export holds its own "
+                                 f"files: re-run gandeploy export")
         if not file.is_file():
-            raise ArtifactError(f"{file} is missing; re-run gandeploy export")
+            raise BrokenArtifact(f"{file} is missing; re-run gandeploy export")
         if file.stat().st_size != entry["size"] or sha256(file) != entry["sha256"]:
-            raise ArtifactError(f"{file} is truncated or changed since export ({file.stat().st_size} bytes, "
+            raise BrokenArtifact(f"{file} is truncated or changed since export ({file.stat().st_size} bytes, "
                                 f"manifest says {entry['size']}; checksum differs); re-run gandeploy export")
+        if name.endswith(".onnx"):
+            _check_onnx_file(file)
     return manifest
+
+
+def _check_onnx_file(file: Path) -> None:
+    try:
+        external = external_tensors(file.read_bytes())
+    except WireError as e:
+        raise BrokenArtifact(f"{file} is not an ONNX model ({e}); re-run gandeploy export") from None
+    if external:
+        raise BrokenArtifact(f"{file} keeps {external} tensor(s) in external data files, which no checksum of the "
+                             f"manifest covers; gandeploy exports keep weights inside the file: re-run gandeploy "
+                             f"export")

@@ -139,12 +139,27 @@ def check_manifest(manifest: dict, where: str) -> dict:
                    f"{where}: engines[{k}].file")
         f.text(f.get(entry, "precision", f"engines[{k}].precision"), f"engines[{k}].precision", ("fp16", "fp32"))
         _file_entry(f, entry, f"engines[{k}]")
+    _required_artifacts(f, manifest)
     refs = manifest.get("references")
     if refs is not None:
         refs = f.obj(refs, "references")
         f.text(f.get(refs, "file", "references.file"), "references.file", ("reference.npz",))
         f.integer(f.get(refs, "count", "references.count"), "references.count", 1, 1 << 16)
     return manifest
+
+
+def _required_artifacts(f: Fields, manifest: dict) -> None:
+    """What every export of this kind holds must be listed: a file dropped from the manifest is not checked."""
+    required = ["generator.onnx"]
+    if manifest.get("references") is not None:
+        required.append("reference.npz")
+    if isinstance(manifest["parity"], dict) and "onnxruntime_fp16" in manifest["parity"]:
+        required.append("generator.fp16.onnx")
+    if isinstance(manifest["source"], dict) and "generator" in manifest["source"]:  # a gandeploy run's export
+        required += ["generator/config.json", "generator/model.safetensors"]
+    missing = [name for name in required if name not in manifest["artifacts"]]
+    if missing:
+        f.fail("artifacts", f"{missing[0]} is not listed, though this export made it")
 
 
 def _file_entry(f: Fields, entry, field: str) -> None:

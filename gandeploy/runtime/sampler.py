@@ -11,13 +11,12 @@ import logging
 import numbers
 import os
 import threading
-import warnings
 from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import ArtifactError, UserError
 from ..formats.generator import generator_dir, read_config
 from ..formats.images import to_uint8
 from ..formats.labels import LabelError, check_labels
@@ -102,7 +101,7 @@ class Sampler:
         asked = device.split(":")[0]
         if asked != "auto":
             device = resolve_device(device)  # an explicit device keeps auto to the backends that run there
-        reasons = []
+        reasons = []  # (name, kind, why) of each backend that cannot run here
         for name, kind in backends.AUTO:
             if asked not in ("auto", kind):
                 continue
@@ -111,16 +110,22 @@ class Sampler:
                 if kind == "cuda" and asked == "auto":
                     where = resolve_device("cuda")
                 made = backends.load(name, self.source, where, precision, options)
+            except ArtifactError:
+                raise  # a damaged or foreign file is the export's failure, not a reason to try the next backend
             except UserError as e:
-                reasons.append(f"{name} on {kind}: {str(e).splitlines()[0]}")
+                reasons.append((name, kind, str(e).splitlines()[0]))
                 continue
-            why = "first that runs here" + (f" (skipped {'; '.join(reasons)})" if reasons else "")
-            if reasons and name != "tensorrt" and any("cannot load TensorRT engine" in r for r in reasons):
-                warnings.warn(f"gandeploy Sampler fell back to {name}: {reasons[0]}", stacklevel=3)
-            elif name == "torch" and self.manifest is not None:  # an export should not need the training stack
-                warnings.warn(f"gandeploy Sampler runs {self.path} on PyTorch: {'; '.join(reasons)}", stacklevel=3)
-            return made, where, why
-        raise SamplerError(f"no backend can run {self.path} here: {'; '.join(reasons)}")
+            skipped = "; ".join(f"{n} on {k}: {why}" for n, k, why in reasons)
+            if name == "torch" and self.manifest is not None:  # an export should not need the training stack
+                log.warning("gandeploy Sampler runs %s on PyTorch (%s)", self.path, skipped)
+            return made, where, "first that runs here" + (f" (skipped {skipped})" if reasons else "")
+        for name, kind, why in reasons:
+            log.info("gandeploy Sampler: %s on %s cannot run %s: %s", name, kind, self.path, why)
+        # the first cause first: the first backend for a device this machine has, the others at log level INFO
+        here = [r for r in reasons if r[1] == "cpu" or resolve_device("auto") != "cpu"] or reasons
+        name, kind, why = here[0] if here else (backends.AUTO[0][0], asked, "no backend runs on this device")
+        others = f" ({len(reasons) - 1} other backend(s) cannot either: --verbose says why)" if len(reasons) > 1 else ""
+        raise SamplerError(f"no backend can run {self.path} here: {name} on {kind}: {why}{others}")
 
     # ---- the API -------------------------------------------------------------------------------------------------
 

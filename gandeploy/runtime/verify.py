@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import ArtifactError, BrokenArtifact, UserError
 from ..formats.manifest import FP16_FILE, GENERATOR_DIR, load_export
 from ..formats.parity import Parity, measure
 from ..formats.references import load_references
@@ -58,7 +58,10 @@ def verify(export_dir: str | Path, backend: str | None = None, precision: str | 
     """One Check per (backend, precision, device) tried; a named backend that cannot run here raises UserError."""
     export_dir = Path(export_dir)
     manifest = load_export(export_dir)
-    refs = load_references(export_dir, manifest)
+    try:
+        refs = load_references(export_dir, manifest)
+    except ArtifactError as e:  # the export's own record of what it must produce is damaged: it fails
+        raise BrokenArtifact(str(e)) from None
     if backend is not None and backend not in backends.REGISTRY:
         raise UserError(f"--backend {backend!r} is not one of {', '.join(backends.REGISTRY)}")
     if precision is not None and precision not in PRECISIONS:
@@ -102,9 +105,7 @@ def _check(export_dir, refs, manifest, name, precision, device, named: bool) -> 
         if named:
             raise
         return Check(name, precision, device, reason=str(e).splitlines()[0])
-    except UserError as e:  # an engine this TensorRT/GPU cannot load: the export fails here, whatever was named
-        if type(e).__name__ != "EngineMismatch":
-            raise
+    except ArtifactError as e:  # a file that does not load, or an engine this TensorRT/GPU cannot: it fails here
         return Check(name, precision, device, reason=str(e).splitlines()[0], failed=True)
     with sampler:
         got = []

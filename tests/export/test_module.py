@@ -292,3 +292,36 @@ def test_a_truncated_normal_generator_end_to_end(user_folder):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     code, output = cli("verify", "exports/t")
     assert code != 0 and "generator: latent_distribution: latent distribution 'gauss' is not one of" in output
+
+
+@pytest.mark.parametrize("forward, message", [
+    ("raise SystemExit(0)", "the module failed on latents of shape (2, 8): it called sys.exit(0)"),
+    ("raise KeyError('w')", "the module failed on latents of shape (2, 8): KeyError: 'w'"),
+    ("return z.view(-1, 2, 2, 2)[:, :1] if len(z) == 2 else sys.exit(3)",
+     "the module failed on 16 random latents: it called sys.exit(3)"),
+])
+def test_a_forward_that_exits_or_raises_is_one_line(user_folder, forward, message):
+    (user_folder / "bad.py").write_text(
+        "import sys\nimport torch\n\n\nclass G(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.w = torch.nn.Parameter(torch.zeros(1))\n\n    def forward(self, z):\n"
+        f"        {forward}\n")
+    save_file({"w": torch.zeros(1)}, str(user_folder / "g.safetensors"))
+    sys.modules.pop("bad", None)
+    code, output = cli("export", "--module", "bad:G", "--weights", "g.safetensors", "--latent-dim", "8")
+    assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
+
+
+def test_sizes_are_bounded_and_casts_are_named(user_folder):
+    torch.save(ug.MLPGenerator().state_dict(), user_folder / "w.pt")
+    code, output = cli("export", "--module", "mynets:MLPGenerator", "--weights", "w.pt", "--latent-dim",
+                       "1000000000000")
+    assert code == 2 and "latent_dim (--latent-dim) must be an integer from 1 to 1048576" in output, output
+    code, output = cli("export", "--module", "mynets:ConditionalGenerator", "--weights", "w.pt", "--latent-dim",
+                       "8", "--classes", "100000000")
+    assert code == 2 and "num_classes (--classes) must be an integer from 0 to 65536" in output, output
+    state = {k: v.to(torch.float64) if k == "net.0.weight" else v for k, v in
+             ug.randomize(ug.MLPGenerator()).state_dict().items()}
+    torch.save(state, user_folder / "w64.pt")
+    code, output = cli("export", "--module", "mynets:MLPGenerator", "--weights", "w64.pt", "--latent-dim", "10",
+                       "--value-range", "0,1", "--out", "exports/m", *SMALL)
+    assert code == 0 and "1 tensor(s) cast to the module's dtype ('net.0.weight' float64 -> float32)" in output

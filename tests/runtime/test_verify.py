@@ -79,4 +79,4 @@ def test_bad_input_exits_2(exports, tmp_path):
     (old / "reference.npz").unlink()
     (old / "manifest.json").write_text(json.dumps(manifest))
     code, output = cli("verify", str(old))
-    assert code == 2 and "has no reference outputs (reference.npz); re-export" in output
+    assert code == 1 and "has no reference outputs (reference.npz); re-export" in output  # nothing to check: FAILED

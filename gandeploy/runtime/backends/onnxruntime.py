@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from ...errors import BrokenArtifact
 from ...formats.manifest import FP16_FILE, FP32_FILE
 from ..device import device_index
 from . import BackendUnavailable, Source
@@ -45,7 +46,7 @@ class OnnxRuntimeBackend:
             self.session = ort.InferenceSession(str(onnx_path), session_options(threads), providers=providers)
         except Exception as e:  # ONNX Runtime's own exception types: a damaged or foreign file
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise BackendUnavailable(f"ONNX Runtime cannot load {onnx_path} ({first[:200]}); the file is damaged "
+            raise BrokenArtifact(f"ONNX Runtime cannot load {onnx_path} ({first[:200]}); the file is damaged "
                                      f"or not this export's: re-export") from None
         self.provider = self.session.get_providers()[0]
         if device.startswith("cuda") and self.provider != "CUDAExecutionProvider":
@@ -64,13 +65,13 @@ class OnnxRuntimeBackend:
         outputs = [(o.name, types.get(o.type, o.type)) for o in self.session.get_outputs()]
         out = manifest["output"]
         if found != declared or outputs != [(out["name"], out["dtype"])]:
-            raise BackendUnavailable(f"{onnx_path} takes {found} and gives {outputs}, but the manifest declares "
+            raise BrokenArtifact(f"{onnx_path} takes {found} and gives {outputs}, but the manifest declares "
                                      f"{declared} -> {out['name']} {out['dtype']}; re-export")
         shape = self.session.get_outputs()[0].shape  # e.g. ['batch', 28, 28, 1]: the fixed dims must agree
         fixed = [d for d in shape[1:]]
         if len(shape) != len(out["shape"]) or any(isinstance(d, int) and d != w for d, w in
                                                    zip(fixed, out["shape"][1:])):
-            raise BackendUnavailable(f"{onnx_path} gives images of shape {shape}, but the manifest declares "
+            raise BrokenArtifact(f"{onnx_path} gives images of shape {shape}, but the manifest declares "
                                      f"{out['shape']}; re-export")
 
     def run(self, z: np.ndarray, labels: np.ndarray | None, kind: str) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import UserError
+from ...errors import BrokenArtifact, UserError
 from ..device import cuda_device_count, device_index
 from . import BackendUnavailable, Source
 
@@ -38,8 +38,9 @@ class TensorRTUnavailable(BackendUnavailable):
     """tensorrt or cuda-python does not import, or no CUDA GPU is visible; the message says which and the fix."""
 
 
-class EngineMismatch(UserError):
-    """An engine file that this TensorRT / GPU cannot deserialize (built elsewhere, or damaged)."""
+class EngineMismatch(BrokenArtifact):
+    """An engine file that this TensorRT / GPU cannot deserialize (built elsewhere, or damaged): the export fails
+    on this machine until the engine is rebuilt here."""
 
 
 class CudaError(RuntimeError):
@@ -284,7 +285,7 @@ def check_signature(engine, manifest: dict, path) -> None:
         if shape != tuple(out["shape"][1:]):
             problem = f"gives {out['name']} of shape (n, {', '.join(map(str, shape))}), manifest: {out['shape']}"
     if problem:
-        raise BackendUnavailable(f"TensorRT engine {Path(path).name} {problem}; {REBUILD_HINT}")
+        raise BrokenArtifact(f"TensorRT engine {Path(path).name} {problem}; {REBUILD_HINT}")
 
 
 def _context(engine):
