@@ -15,7 +15,7 @@ import io
 import json
 import logging
 import os
-import re
+import reprlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..formats.images import grid, png
-from ..formats.labels import LabelError, parse_labels
 from ..formats.manifest import load_manifest
 from ..runtime import Overloaded, Sampler, SamplerError
 from .metrics import Metrics
@@ -40,6 +40,7 @@ FIELDS = ("n", "seed", "labels", "format", "scale")
 MEDIA = {"png": "image/png", "npy": "application/x-npy", "json": "application/json"}
 RETRY_AFTER_S = 1
 MAX_BODY_BYTES = 64 * 1024  # a generate request is a few fields; labels for 1,024 images fit many times over
+MAX_DIGITS = 20  # 2**64 - 1, the largest seed, has 20; no field of either API needs more
 
 
 @dataclass
@@ -70,6 +71,57 @@ class Problem(Exception):
         body = {"error": self.message} if self.field is None else {"error": self.message, "field": self.field}
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
         return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+# ---- fields: every value a client sends (v1 and v2) is read through these ------------------------------------------
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 40, 40
+
+
+def shown(value) -> str:
+    """A client's value inside an error message: one short line whatever was sent. reprlib bounds the length and the
+    nesting; repr escapes newlines and the lone surrogates that UTF-8 cannot encode."""
+    return _SHOWN.repr(value)
+
+
+def is_digits(text: str) -> bool:
+    """ASCII digits, at most MAX_DIGITS: str.isdigit() alone is true for '²', which int() refuses, and int() alone
+    takes '٣', ' 3' and '1_0', and spends time on thousands of digits before refusing them past 4,300."""
+    return 0 < len(text) <= MAX_DIGITS and text.isascii() and text.isdigit()
+
+
+def decimal(text: str, field: str) -> int:
+    """An integer written as text (a query value, a header): ASCII digits with an optional '-'."""
+    if not is_digits(text[1:] if text.startswith("-") else text):
+        raise Problem(422, f"{field}: {shown(text)} is not an integer (ASCII digits, at most {MAX_DIGITS})", field)
+    return int(text)
+
+
+def as_int(value, field: str) -> int:
+    """A JSON integer: JSON true is not 1 (bool is an int in Python), 2.0 is not 2, and no field needs 21 digits."""
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 10**MAX_DIGITS:
+        raise Problem(422, f"{field}: {shown(value)} is not an integer", field)
+    return value
+
+
+def as_text(value, field: str) -> str:
+    """A JSON string that can be sent back: "\\udc80" is valid JSON but decodes to a lone surrogate, and the answer
+    echoing it would fail to encode after the work was done."""
+    if not isinstance(value, str):
+        raise Problem(422, f"{field} must be a string, got {shown(value)}", field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Problem(422, f"{field}: {shown(value)} holds a lone surrogate, not Unicode text", field) from None
+    return value
+
+
+def _labels(value):
+    """None, one int or a flat list of ints, as JSON: numpy would take [true, 1] as labels [1, 1]."""
+    if isinstance(value, list):
+        return [as_int(v, "labels") for v in value]
+    return None if value is None else as_int(value, "labels")
 
 
 @dataclass
@@ -146,11 +198,11 @@ class Service:
         unknown = sorted(set(params) - set(FIELDS))
         if unknown:  # a key may hold anything, a lone surrogate included: shown escaped
             name = unknown[0].encode("utf-8", "backslashreplace").decode("utf-8")
-            raise Problem(422, f"unknown field {name!r}; the fields are {', '.join(FIELDS)}", name)
-        fmt = params.get("format", "png")
-        if not isinstance(fmt, str):
-            raise Problem(422, f"format must be a string (png, npy or json), got {type(fmt).__name__}", "format")
-        n, seed, scale = _integer(params, "n", 1), _integer(params, "seed", 0), _integer(params, "scale", 1)
+            raise Problem(422, f"unknown field {shown(name)}; the fields are {', '.join(FIELDS)}", name)
+        fmt = as_text(params.get("format", "png"), "format")
+        n = as_int(params.get("n", 1), "n")
+        seed = as_int(params.get("seed", 0), "seed")
+        scale = as_int(params.get("scale", 1), "scale")
         limit = self.options.max_images_per_request
         if not 1 <= n <= limit:
             raise Problem(422, f"n={n} is outside 1..{limit}, this server's limit per request; split the request "
@@ -159,11 +211,10 @@ class Service:
             raise Problem(422, f"seed={seed} is outside 0..2**64-1", "seed")
         if not 1 <= scale <= 16:
             raise Problem(422, f"scale={scale} is outside 1..16 (pixels per image pixel in PNGs)", "scale")
-        fmt = params.get("format", "png")
         if fmt not in MEDIA:
-            raise Problem(422, f"format {fmt!r} is not one of {', '.join(MEDIA)}", "format")
+            raise Problem(422, f"format {shown(fmt)} is not one of {', '.join(MEDIA)}", "format")
         try:
-            labels = self.sampler.check_labels(params.get("labels"), n)
+            labels = self.sampler.check_labels(_labels(params.get("labels")), n)
         except SamplerError as e:
             raise Problem(422, str(e), "labels") from None
         return Ask(n, seed, labels, fmt, scale)
@@ -232,27 +283,18 @@ class Service:
         return public
 
 
-def _integer(params: dict, field: str, default: int) -> int:
-    value = params.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise Problem(422, f"{field}: {value!r} is not an integer", field)
-    return value
-
-
 async def _params(request: Request, timeout: float) -> dict:
     if request.method == "GET":
         params = dict(request.query_params)
-        for field in ("n", "seed", "scale"):  # query values are text: integers become ints, the rest is refused later
-            if re.fullmatch(r"-?[0-9]+", params.get(field, "x")):
-                params[field] = int(params[field])
-        if "labels" in params:
-            try:
-                params["labels"] = parse_labels(params["labels"])
-            except LabelError as e:
-                raise Problem(422, str(e), "labels") from None
+        for field in ("n", "seed", "scale"):  # query values are text
+            if field in params:
+                params[field] = decimal(params[field], field)
+        if "labels" in params:  # '3' or '1,2,3', spaces after commas allowed, as the CLI's parse_labels does
+            values = [decimal(v.strip(" "), "labels") for v in params["labels"].split(",")]
+            params["labels"] = values[0] if len(values) == 1 else values
         return params
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:  # refused before a byte of it is read
+    if is_digits(declared) and int(declared) > MAX_BODY_BYTES:  # refused before a byte of it is read
         raise Problem(413, f"the body is {int(declared)} bytes; a generate request is a small JSON object (at most "
                            f"{MAX_BODY_BYTES} bytes)", "body")
     body = bytearray()
@@ -323,7 +365,7 @@ def create_app(export_dir: str | Path, options: ServeOptions | None = None) -> S
         yield
         service.close()
 
-    from .oip import routes as oip_routes
+    from .oip import http_error, routes as oip_routes
 
     routes = [
         *oip_routes(service),
@@ -333,6 +375,6 @@ def create_app(export_dir: str | Path, options: ServeOptions | None = None) -> S
         Route("/readyz", endpoint("readyz", readyz)),
         Route("/metrics", lambda request: Response(metrics.text(), media_type=metrics.content_type)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.service = service
     return app

@@ -2,8 +2,9 @@
 data extension (`Inference-Header-Content-Length`). Same model name and signature as the Triton repository
 `gandeploy triton` writes: inputs `z` FP32 [-1, latent_dim] and, for conditional models, `label` INT64 [-1, 1]
 (or [-1]); output `images` UINT8 [-1, h, w, c] (FP32 [-1, c, h, w] for float exports). Requests go through the
-same batching front as /v1/generate. Errors answer {"error": "..."} with 400 (bad request), 404 (unknown model),
-503 (not ready, queue full), 504 and 500, as Triton does."""
+same batching front as /v1/generate. Errors answer {"error": "..."} with 400 (bad request), 404 (unknown model or
+endpoint), 405 (wrong method), 503 (not ready, queue full), 504 and 500, as Triton does. Every field of a request is
+checked by `parse` before anything runs."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
 from ..runtime import SamplerError
+from .app import MAX_BODY_BYTES, Problem, as_text, is_digits, shown
 
 log = logging.getLogger("gandeploy.serve")
 DATATYPES = {"FP32": np.float32, "INT64": np.int64, "UINT8": np.uint8}
 HEADER = "Inference-Header-Content-Length"
+MAX_DIMS = 8  # no tensor here has more; a longer shape is a mistake, and it would be echoed in the error
 
 
 class ProtocolError(Exception):
@@ -59,8 +64,8 @@ def routes(service) -> list[Route]:
     def check_model(request: Request) -> None:
         name, version = request.path_params["model"], request.path_params.get("version")
         if name != model_name(service) or version not in (None, "", "1"):
-            raise ProtocolError(404, f"unknown model '{name}'" + (f" version {version}" if version else "") +
-                                f"; this server serves '{model_name(service)}' version 1")
+            asked = shown(name) + (f" version {shown(version)}" if version else "")
+            raise ProtocolError(404, f"unknown model {asked}; this server serves '{model_name(service)}' version 1")
 
     def timed(name: str, handler):
         async def wrapped(request: Request) -> Response:
@@ -69,6 +74,8 @@ def routes(service) -> list[Route]:
                 response = await handler(request)
             except ProtocolError as e:
                 response = _error(e.status, e.message)
+            except Problem as p:  # a field the shared checks refused (422 in v1), or the batching front's answer
+                response = _error(400 if p.status == 422 else p.status, p.message, p.retry_after)
             except Exception as e:  # one line to the client, the traceback to the log; the service lives on
                 log.exception("v2 %s failed", name)
                 response = _error(500, f"inference failed: {type(e).__name__}: {e}")
@@ -99,24 +106,17 @@ def routes(service) -> list[Route]:
             body = await _body(request, service.options.client_timeout_s)
         except ClientDisconnect:
             return Response(status_code=499)
-        header, blobs = _split(body, request.headers.get(HEADER))
-        z, labels, n = _inputs(header, blobs, service)
-        want_binary = _binary_outputs(header)
-        from .app import Problem
-
-        try:
-            images = await service.compute(z, labels, service.sampler.source.output_kind)
-        except Problem as p:
-            return _error(400 if p.status == 422 else p.status, p.message, p.retry_after)
-        metrics.images.inc(n)
+        ask = parse(body, request.headers.get(HEADER), service)
+        images = await service.compute(ask.z, ask.labels, service.sampler.source.output_kind)
+        metrics.images.inc(len(ask.z))
         out = signature(service)["outputs"][0]
         answer = {"model_name": model_name(service), "model_version": "1",
                   "outputs": [{"name": "images", "datatype": out["datatype"], "shape": list(images.shape)}]}
-        if "id" in header:
-            answer["id"] = str(header["id"])
+        if ask.id is not None:
+            answer["id"] = ask.id
         if images.dtype.kind == "f" and not np.isfinite(images).all():
             raise ProtocolError(500, "the model produced NaN or infinity for these latents")
-        if not want_binary:
+        if not ask.binary:
             answer["outputs"][0]["data"] = images.ravel().tolist()
             return JSONResponse(answer)
         data = np.ascontiguousarray(images).tobytes()
@@ -139,14 +139,48 @@ def routes(service) -> list[Route]:
     ]
 
 
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own 404 (no route) and 405 (wrong method): the protocol's {"error": ...} under /v2, as Triton
+    answers, so a client reads every /v2 error the same way; Starlette's plain text elsewhere, as before."""
+    path = request.scope["path"]
+    if path != "/v2" and not path.startswith("/v2/"):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code == 404:
+        message = f"no endpoint {shown(path)}; this server has /v2, /v2/health/live, /v2/health/ready and " \
+                  f"/v2/models/NAME[/versions/1][/ready|/infer]"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "another method")
+        message = f"{shown(request.method)} is not allowed on {shown(path)}; use {allowed}"
+    else:
+        message = exc.detail
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+@dataclass
+class Inference:
+    """A checked inference request."""
+    z: np.ndarray  # (n, latent_dim) float32
+    labels: np.ndarray | None  # (n,) int64, for conditional models
+    binary: bool  # images as binary tensor data after the JSON answer
+    id: str | None  # echoed in the answer
+
+
+def parse(body: bytes, header_length: str | None, service) -> Inference:
+    """The one check of an inference request: every field a client sends, before anything runs (an id that cannot
+    be echoed back is refused here, not after the images are made)."""
+    header, blobs = _split(body, header_length)
+    z, labels = _inputs(header, blobs, service)
+    binary = _binary_outputs(header)
+    request_id = as_text(header["id"], "id") if header.get("id") is not None else None
+    return Inference(z, labels, binary, request_id)
+
+
 async def _body(request: Request, timeout: float) -> bytes:
     import asyncio
 
-    from .app import MAX_BODY_BYTES, Problem
-
     limit = 64 * MAX_BODY_BYTES  # binary latents: 4 MB holds 10,000 latents of 100 floats
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if is_digits(declared) and int(declared) > limit:
         raise ProtocolError(413, f"the body is {int(declared)} bytes, over this server's {limit}")
     body = bytearray()
 
@@ -160,16 +194,15 @@ async def _body(request: Request, timeout: float) -> bytes:
         await asyncio.wait_for(read(), timeout)
     except asyncio.TimeoutError:
         raise ProtocolError(408, f"the body did not arrive within {timeout:g} s") from None
-    except Problem as p:  # pragma: no cover - read() raises ProtocolError only
-        raise ProtocolError(p.status, p.message) from None
     return bytes(body)
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     """The JSON inference header and the binary tensor data after it (Triton's binary extension)."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise ProtocolError(400, f"{HEADER} {header_length!r} does not fit a body of {len(body)} bytes")
+        if not is_digits(header_length) or int(header_length) > len(body):
+            raise ProtocolError(400, f"{HEADER} {shown(header_length)} is not a length within the body's "
+                                     f"{len(body)} bytes")
         head, blobs = body[:int(header_length)], body[int(header_length):]
     else:
         head, blobs = body, b""
@@ -182,62 +215,110 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return header, blobs
 
 
+def _parameters(record: dict, owner: str) -> dict:
+    params = record.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(400, f"the parameters of {owner} must be a JSON object, got {shown(params)}")
+    return params
+
+
+def _flag(params: dict, key: str) -> bool | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ProtocolError(400, f"parameter {key} must be true or false, got {shown(value)}")
+    return value
+
+
 def _binary_outputs(header: dict) -> bool:
-    params = header.get("parameters") if isinstance(header.get("parameters"), dict) else {}
-    outputs = header.get("outputs") if isinstance(header.get("outputs"), list) else []
+    """Whether the images go back as binary tensor data: the output's binary_data, else the request's
+    binary_data_output."""
+    default = _flag(_parameters(header, "the request"), "binary_data_output")
+    outputs = [] if header.get("outputs") is None else header["outputs"]  # null: absent, as for parameters
+    if not isinstance(outputs, list):
+        raise ProtocolError(400, f"outputs must be a list of requested outputs, got {shown(outputs)}")
+    wanted = []
     for out in outputs:
-        if not isinstance(out, dict) or out.get("name") != "images":
-            raise ProtocolError(400, f"unknown output {out.get('name') if isinstance(out, dict) else out!r}; "
-                                     f"this model has 'images'")
-        if isinstance(out.get("parameters"), dict) and "binary_data" in out["parameters"]:
-            return bool(out["parameters"]["binary_data"])
-    return bool(params.get("binary_data_output", False))
+        if not isinstance(out, dict):  # "images" alone is not {"name": "images"}
+            raise ProtocolError(400, f"a requested output must be a JSON object, got {shown(out)}")
+        if out.get("name") != "images":
+            raise ProtocolError(400, f"unknown output {shown(out.get('name'))}; this model has 'images'")
+        wanted.append(_flag(_parameters(out, "output 'images'"), "binary_data"))
+    return next((w for w in wanted if w is not None), bool(default))
 
 
-def _inputs(header: dict, blobs: bytes, service) -> tuple[np.ndarray, np.ndarray | None, int]:
+def _numbers(data, kinds: set) -> bool:
+    """Whether data is a (nested) list of numbers of these JSON kinds. type(), not isinstance: bool is an int in
+    Python, and numpy would take JSON true as 1."""
+    stack = [data]
+    while stack:  # a loop, not recursion: a client chooses the nesting
+        item = stack.pop()
+        if type(item) is not list:
+            if type(item) not in kinds:
+                return False
+            continue
+        types = set(map(type, item))  # a flat list in one pass in C: this runs on the event loop
+        if list in types:
+            stack.extend(item)
+        elif not types <= kinds:
+            return False
+    return True
+
+
+def _tensor(tensor: dict, spec: dict, blobs: bytes, offset: int) -> tuple[np.ndarray, int]:
+    """One input tensor checked against its signature; and where the next binary tensor starts."""
+    name, datatype = spec["name"], spec["datatype"]
+    if tensor.get("datatype") != datatype:
+        raise ProtocolError(400, f"input '{name}' has datatype {shown(tensor.get('datatype'))}; expected {datatype}")
+    shape = tensor.get("shape")
+    sizes = isinstance(shape, list) and len(shape) <= MAX_DIMS and all(type(d) is int and 0 <= d < 2**63 for d in shape)
+    if not sizes:
+        raise ProtocolError(400, f"input '{name}' has shape {shown(shape)}; expected a list of sizes")
+    want = spec["shape"][1:]
+    if name == "label" and shape[1:] not in ([1], []) or name == "z" and shape[1:] != want:
+        raise ProtocolError(400, f"input '{name}' has shape {shape}; expected [n, {', '.join(map(str, want))}]")
+    dtype = DATATYPES[datatype]
+    count = math.prod(shape)
+    size = count * np.dtype(dtype).itemsize
+    if size > max(len(blobs), 64 * 1024 * 1024):
+        raise ProtocolError(400, f"input '{name}' of shape {shape} is larger than any request this server takes")
+    params = _parameters(tensor, f"input '{name}'")
+    if "binary_data_size" in params:
+        given = params["binary_data_size"]
+        if type(given) is not int or given != size or offset + size > len(blobs):
+            raise ProtocolError(400, f"input '{name}': binary_data_size {shown(given)} does not fit shape {shape} "
+                                     f"of {datatype} in the body")
+        return np.frombuffer(blobs, dtype=dtype, count=count, offset=offset).reshape(shape), offset + size
+    data, integers = tensor.get("data"), dtype is np.int64  # no 2.9 as label 2
+    not_numbers = ProtocolError(400, f"input '{name}': data is not {datatype} numbers")
+    if not _numbers(data, {int} if integers else {int, float}):
+        raise not_numbers
+    try:
+        raw = np.asarray(data)
+        if raw.dtype.kind not in ("iu" if integers else "fiu"):  # object: an int past 64 bits
+            raise TypeError(raw.dtype)
+        array = raw.astype(dtype)
+    except (ValueError, TypeError, OverflowError):  # ValueError: ragged lists
+        raise not_numbers from None
+    if array.size != count:
+        raise ProtocolError(400, f"input '{name}': {array.size} values for shape {shape}")
+    return array.reshape(shape), offset
+
+
+def _inputs(header: dict, blobs: bytes, service) -> tuple[np.ndarray, np.ndarray | None]:
     """z (n, latent_dim) float32 and labels (n,) int64, checked against the signature; ProtocolError otherwise."""
     sig = {spec["name"]: spec for spec in signature(service)["inputs"]}
     arrays, offset = {}, 0
     for tensor in header["inputs"]:
-        if not isinstance(tensor, dict) or tensor.get("name") not in sig:
-            name = tensor.get("name") if isinstance(tensor, dict) else tensor
-            raise ProtocolError(400, f"unknown input {name!r}; this model takes {', '.join(sig)}")
-        name, spec = tensor["name"], sig[tensor["name"]]
+        if not isinstance(tensor, dict):
+            raise ProtocolError(400, f"an input tensor must be a JSON object, got {shown(tensor)}")
+        name = tensor.get("name")
+        if not isinstance(name, str) or name not in sig:  # a list is no key: `in` would raise TypeError
+            raise ProtocolError(400, f"unknown input {shown(name)}; this model takes {', '.join(sig)}")
         if name in arrays:
             raise ProtocolError(400, f"input '{name}' is given twice")
-        if tensor.get("datatype") != spec["datatype"]:
-            raise ProtocolError(400, f"input '{name}' has datatype {tensor.get('datatype')!r}; expected "
-                                     f"{spec['datatype']}")
-        shape = tensor.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
-            raise ProtocolError(400, f"input '{name}' has shape {shape!r}; expected a list of sizes")
-        want = spec["shape"][1:]
-        if name == "label" and shape[1:] not in ([1], []) or name == "z" and shape[1:] != want:
-            raise ProtocolError(400, f"input '{name}' has shape {shape}; expected [n, {', '.join(map(str, want))}]")
-        dtype, count = DATATYPES[spec["datatype"]], math.prod(shape)
-        if count * np.dtype(dtype).itemsize > max(len(blobs), 64 * 1024 * 1024):
-            raise ProtocolError(400, f"input '{name}' of shape {shape} is larger than any request this server takes")
-        params = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
-        if "binary_data_size" in params:
-            size = params["binary_data_size"]
-            if not isinstance(size, int) or size != count * np.dtype(dtype).itemsize or offset + size > len(blobs):
-                raise ProtocolError(400, f"input '{name}': binary_data_size {size!r} does not fit shape {shape} of "
-                                         f"{spec['datatype']} in the body")
-            arrays[name] = np.frombuffer(blobs, dtype=dtype, count=count, offset=offset).reshape(shape)
-            offset += size
-        else:
-            data = tensor.get("data")
-            try:
-                raw = np.asarray(data)
-                if raw.dtype.kind not in ("fiu" if dtype is np.float32 else "iu"):  # no strings, no 2.9 as label 2
-                    raise TypeError(raw.dtype)
-                array = raw.astype(dtype)
-            except (ValueError, TypeError, OverflowError):
-                raise ProtocolError(400, f"input '{name}': data is not {spec['datatype']} numbers") from None
-            if array.size != count:
-                raise ProtocolError(400, f"input '{name}': {array.size} values for shape {shape}")
-            arrays[name] = array.reshape(shape)
+        arrays[name], offset = _tensor(tensor, sig[name], blobs, offset)
     missing = [name for name in sig if name not in arrays]
     if missing:
         raise ProtocolError(400, f"input '{missing[0]}' is missing; this model takes {', '.join(sig)}")
@@ -258,4 +339,4 @@ def _inputs(header: dict, blobs: bytes, service) -> tuple[np.ndarray, np.ndarray
         labels = service.sampler.check_labels(labels, n)
     except SamplerError as e:
         raise ProtocolError(400, f"input 'label': {e}") from None
-    return np.ascontiguousarray(z, dtype=np.float32), labels, n
+    return np.ascontiguousarray(z, dtype=np.float32), labels
