@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..errors import UserError
+
+
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
 
 
 class LabelError(UserError):
@@ -15,10 +20,10 @@ def parse_labels(text: str | None):
     """'3' -> 3, '1,2,3' -> [1, 2, 3], None -> None: text from a command line or a query string."""
     if text is None:
         return None
-    try:
-        values = [int(v) for v in str(text).split(",")]
-    except ValueError:
-        raise LabelError(f"labels: {text!r} is not an integer or a comma list of them") from None
+    parts = str(text).split(",")
+    if not all(_INTEGER.fullmatch(v) for v in parts):  # int() would also take '٣', '1_0' and 5,000 digits
+        raise LabelError(f"labels: {str(text)[:60]!r} is not an integer or a comma list of them")
+    values = [int(v) for v in parts]
     return values[0] if len(values) == 1 else values
 
 

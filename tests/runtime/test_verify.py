@@ -1,7 +1,9 @@
 """`gandeploy verify`: every backend that runs here against the PyTorch FP32 outputs stored in the export."""
 
+import io
 import json
 import shutil
+import zipfile
 
 import numpy as np
 import onnx
@@ -80,3 +82,66 @@ def test_bad_input_exits_2(exports, tmp_path):
     (old / "manifest.json").write_text(json.dumps(manifest))
     code, output = cli("verify", str(old))
     assert code == 1 and "has no reference outputs (reference.npz); re-export" in output  # nothing to check: FAILED
+
+
+def _npy(array, shape=None) -> bytes:
+    """An .npy of `array`, or only a header claiming `shape` followed by `array`'s bytes."""
+    data = io.BytesIO()
+    if shape is None:
+        np.lib.format.write_array(data, array, allow_pickle=True)
+    else:
+        np.lib.format.write_array_header_1_0(data, {"descr": array.dtype.str, "fortran_order": False, "shape": shape})
+        data.write(array.tobytes())
+    return data.getvalue()
+
+
+def _damaged_reference(good: bytes, damage: str) -> bytes:
+    with np.load(io.BytesIO(good)) as data:
+        arrays = {f"{k}.npy": _npy(data[k]) for k in data.files}
+        z = data["z"]
+    if damage == "truncated":
+        return good[: len(good) // 2]
+    if damage == "garbage":
+        return b"\x89PNG not an npz" * 50
+    if damage == "huge header":
+        arrays["z.npy"] = _npy(z, shape=(10**13,))
+    elif damage == "wrong dtype":
+        arrays["z.npy"] = _npy(z.view(np.int32))
+    elif damage == "object array":
+        arrays["z.npy"] = _npy(z.astype(object))
+    elif damage == "extra member":
+        arrays["payload.npy"] = _npy(np.zeros(3))
+    elif damage == "missing member":
+        del arrays["images.npy"]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, value in arrays.items():
+            archive.writestr(name, value)
+    return buffer.getvalue()
+
+
+def _write_rehashed(folder, data: bytes) -> None:
+    """reference.npz replaced and its manifest entry re-hashed: load_export's checksum passes, the reader decides."""
+    (folder / "reference.npz").write_bytes(data)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["artifacts"]["reference.npz"].update(size=len(data), sha256=sha256(folder / "reference.npz"))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "huge header", "wrong dtype", "object array",
+                                    "extra member", "missing member"])
+def test_a_damaged_reference_npz_fails_the_export_in_one_line(exports, tmp_path, damage):
+    """The export's record of what it must produce is damaged: one FAILED line naming the file (exit 1), no
+    traceback and no allocation sized by a damaged header."""
+    folder = tmp_path / "export"
+    shutil.copytree(exports["uint8"], folder)
+    good = (folder / "reference.npz").read_bytes()
+    _write_rehashed(folder, _damaged_reference(good, damage))
+    args = ("verify", str(folder), "--backend", "onnxruntime", "--precision", "fp32")
+    code, output = cli(*args)
+    failed = [line for line in output.splitlines() if line.startswith("FAILED")]
+    assert code == 1 and len(failed) == 1 and len(output.strip().splitlines()) <= 2, output
+    assert "reference.npz: " in failed[0] and "re-export" in failed[0] and "Traceback" not in output, output
+    _write_rehashed(folder, good)  # what a re-export brings back
+    code, output = cli(*args)
+    assert code == 0 and "PASSED   onnxruntime fp32 on cpu" in output, output
