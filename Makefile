@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; users with a GPU install their CUDA build of torch first, then `pip install -e .`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-all test-serve-profile bench clean
+.PHONY: install demo test test-all test-serve-profile triton-venv bench clean
 
 install: $(VENV)/.installed
 
@@ -21,14 +21,26 @@ demo: install
 	$(BIN)/gandeploy train recipes/dcgan_mnist.yaml
 	$(BIN)/gandeploy sample --n 64 --seed 0 --out demo-grid.png
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install triton-venv
+	GANDEPLOY_TRITON_PYTHON=$(TRITON_PY) $(BIN)/python -m pytest -q
 	$(MAKE) test-serve-profile
 
+# A real Triton (tests/serve/test_triton_server.py): nvidia-pytriton's bundled tritonserver runs our Sampler through
+# its Python backend, whose stub links the libpython the dynamic linker finds, so this venv is made from the
+# distribution's python3 (shared libpython). Where there is none, those tests skip and say why.
+TRITON_PYTHON ?= /usr/bin/python3
+TRITON_VENV := .venv-triton
+TRITON_PY := $(CURDIR)/$(TRITON_VENV)/bin/python
+triton-venv:
+	@if $(TRITON_PYTHON) -c "import sysconfig, sys; sys.exit(not sysconfig.get_config_var('Py_ENABLE_SHARED'))" 2>/dev/null; then \
+		test -f $(TRITON_VENV)/.installed || { $(TRITON_PYTHON) -m venv $(TRITON_VENV) && \
+		$(TRITON_VENV)/bin/python -m pip install -q -e ".[triton-server]" && touch $(TRITON_VENV)/.installed; }; \
+	else echo "triton-venv: $(TRITON_PYTHON) has no shared libpython; the real-Triton tests will skip"; fi
+
 # Everything `make test` runs, plus what needs Ray Serve (a local Ray instance on loopback; about a minute)
-test-all: install
+test-all: install triton-venv
 	$(BIN)/python -m pip install -q -e ".[ray]"
-	$(BIN)/python -m pytest -q
+	GANDEPLOY_TRITON_PYTHON=$(TRITON_PY) $(BIN)/python -m pytest -q
 	$(MAKE) test-serve-profile
 
 # A serving image's install: only `gandeploy[serve]`, in a fresh venv. It must hold no torch, and still sample,
@@ -48,4 +60,4 @@ bench: install
 	$(BIN)/python bench/train_speed.py
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(TRITON_VENV) *.egg-info .pytest_cache

@@ -4,6 +4,11 @@ approach), in interleaved rounds; medians reported.
 
     python bench/load_test.py --export exports/dcgan_mnist --clients 32 --images 8 --seconds 5 --rounds 3
 
+With --engine starlette,triton it instead compares the two servers on the same export, backend and options: the same
+binary Open Inference Protocol requests (byte for byte what tritonclient.http sends) from 1, 8 and 32 clients,
+the engines interleaved in each round. Triton runs in --triton-python (a venv with gandeploy[triton-server] made
+from a Python with a shared libpython; `make triton-venv` builds .venv-triton).
+
 The clients (one asyncio process, raw HTTP/1.1) and the server share this machine's cores: on a 2-core machine
 the client's own CPU time is taken from the server's, so the figures are a floor for a server with its own cores.
 """
@@ -46,11 +51,34 @@ def start_server(export: str, *options: str) -> tuple[subprocess.Popen, str, int
     return proc, host, port
 
 
-async def _wait_ready(host: str, port: int, seconds: float = 60) -> None:
+def start_triton(python: str, export: str, *options: str) -> tuple[subprocess.Popen, str, int]:
+    """`gandeploy serve --engine triton` from `python`'s venv; its log goes to a file beside nothing we keep."""
+    import socket
+
+    socks = [socket.socket() for _ in range(3)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    proc = subprocess.Popen([python, "-m", "gandeploy", "serve", export, "--engine", "triton", "--port",
+                             str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), *options],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    asyncio.run(_wait_ready("127.0.0.1", ports[0], 180, b"/v2/health/ready", proc))
+    return proc, "127.0.0.1", ports[0]
+
+
+async def _wait_ready(host: str, port: int, seconds: float = 60, path: bytes = b"/readyz", proc=None) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server exited ({proc.returncode})")
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:  # not listening yet
+            await asyncio.sleep(0.5)
+            continue
+        writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
         head = await reader.readuntil(b"\r\n\r\n")
         writer.close()
         if head[9:12] == b"200":
@@ -157,6 +185,98 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def engines(a) -> None:
+    """Starlette against Triton: the same v2 binary requests, 1/8/32 clients, engines interleaved per round."""
+    sampler = Sampler(a.export, backend=a.backend)
+    name, dim = sampler.manifest["name"], sampler.config["latent_dim"]
+    sampler.close()
+    request = v2_request(name, dim, a.images)
+    common = ("--backend", a.backend, "--workers", str(a.workers)) + \
+        (("--max-batch", str(a.max_batch)) if a.max_batch else ())
+    wanted = a.engine.split(",")
+    if set(wanted) - {"starlette", "triton"}:
+        raise SystemExit(f"--engine {a.engine}: starlette and/or triton (Ray Serve is not installed here)")
+    servers = {}
+    try:
+        for engine in wanted:
+            servers[engine] = start_server(a.export, *common) if engine == "starlette" else \
+                start_triton(a.triton_python, a.export, *common)
+        for engine in wanted:  # first requests load sessions and buffers: not measured
+            load(*servers[engine][1:], max(a.client_counts), a.images, 2.0, request)
+        runs = {(e, c): [] for e in wanted for c in a.client_counts}
+        for r in range(a.rounds):
+            for clients in a.client_counts:
+                for engine in (wanted if r % 2 == 0 else wanted[::-1]):  # alternate who goes first
+                    _, host, port = servers[engine]
+                    runs[engine, clients].append(load(host, port, clients, a.images, a.seconds, request))
+            print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{e} x{c} {v[-1]['images_per_s']:,.0f} img/s"
+                                                           for (e, c), v in runs.items()), flush=True)
+    finally:
+        for proc, _, _ in servers.values():
+            proc.terminate()
+            proc.wait(120)
+    rows = []
+    for (engine, clients), rounds in runs.items():
+        rows.append({"engine": engine, "clients": clients, **median_of(rounds),
+                     "per_round_images_per_s": [x["images_per_s"] for x in rounds]})
+    if len(wanted) == 2:  # paired per round: the first engine's img/s over the second's
+        for clients in a.client_counts:
+            first, second = runs[wanted[0], clients], runs[wanted[1], clients]
+            ratio = statistics.median(x["images_per_s"] / y["images_per_s"] for x, y in zip(first, second))
+            next(r for r in rows if r["engine"] == wanted[0] and r["clients"] == clients)[
+                f"vs_{wanted[1]}"] = ratio
+    report = {
+        "command": "python bench/load_test.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, no GPU; "
+                   "clients and server share these cores",
+        "export": a.export, "backend": a.backend, "images_per_request": a.images, "server_workers": a.workers,
+        "server_max_batch": a.max_batch, "seconds_per_window": a.seconds, "rounds": a.rounds,
+        "request": "v2 infer, binary tensor data (as tritonclient.http sends it), FP32 z, UINT8 images",
+        "rows": rows,
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot_engines(report, out.with_suffix(".png"))
+    print(f"\n{'engine':10} {'clients':>7} {'img/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for r in rows:
+        ratio = "".join(f"  {r[k]:.2f}x {k[3:]}" for k in r if k.startswith("vs_"))
+        print(f"{r['engine']:10} {r['clients']:7d} {r['images_per_s']:9,.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+              f"{r['errors']:7d}{ratio}")
+    print(f"(medians of {a.rounds} rounds; {report['machine']}) -> {out}")
+
+
+def plot_engines(report: dict, path: Path) -> None:
+    """Grouped bars of images/s per client count, one bar per engine, p99 on each."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    engines_ = list(dict.fromkeys(r["engine"] for r in report["rows"]))
+    counts = list(dict.fromkeys(r["clients"] for r in report["rows"]))
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
+    width = 0.8 / len(engines_)
+    for i, engine in enumerate(engines_):
+        rows = [next(r for r in report["rows"] if r["engine"] == engine and r["clients"] == c) for c in counts]
+        xs = [k + (i - (len(engines_) - 1) / 2) * width for k in range(len(counts))]
+        ax.bar(xs, [r["images_per_s"] for r in rows], width, label=engine)
+        for x, r in zip(xs, rows):
+            ax.annotate(f"{r['images_per_s']:,.0f}\np99 {r['p99_ms']:.0f} ms", (x, r["images_per_s"]), ha="center",
+                        va="bottom", fontsize=7)
+    ax.set_xticks(range(len(counts)), [f"{c} client{'s' if c > 1 else ''}" for c in counts])
+    ax.set_ylabel("images/s (median of rounds)")
+    ax.set_ylim(0, max(r["images_per_s"] for r in report["rows"]) * 1.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{Path(report['export']).name}: v2 binary, {report['images_per_request']} images per request, "
+                 f"{report['backend']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export", default="exports/dcgan_mnist")
@@ -167,10 +287,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="the servers' --workers (backend calls at once)")
     parser.add_argument("--max-batch", type=int, default=None, help="the servers' --max-batch (default: export's)")
-    parser.add_argument("--out", default="bench/results/load_test-cpu.json")
+    parser.add_argument("--out", default=None, help="default bench/results/load_test-cpu.json, or "
+                                                    "engines-<export>-cpu.json with --engine")
+    parser.add_argument("--engine", default=None, help="compare servers instead: starlette,triton")
+    parser.add_argument("--client-counts", default="1,8,32", help="with --engine: client counts")
+    parser.add_argument("--triton-python", default=str(ROOT / ".venv-triton" / "bin" / "python"),
+                        help="with --engine triton: the Python whose venv has gandeploy[triton-server]")
     a = parser.parse_args()
     if not (1 <= a.clients <= 256 and 0 < a.seconds <= 60 and 1 <= a.rounds <= 20):
         raise SystemExit("--clients 1..256, --seconds up to 60, --rounds 1..20: this is a bounded load test")
+    if a.engine:
+        a.client_counts = [int(c) for c in a.client_counts.split(",")]
+        a.out = a.out or f"bench/results/engines-{Path(a.export).name}-cpu.json"
+        engines(a)
+        return
+    a.out = a.out or "bench/results/load_test-cpu.json"
 
     common = ("--backend", a.backend, "--workers", str(a.workers)) + \
         (("--max-batch", str(a.max_batch)) if a.max_batch else ())

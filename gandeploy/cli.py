@@ -24,8 +24,9 @@ app = typer.Typer(help="Train GAN generators, export them, and sample them in pr
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", help="Log what gandeploy decides (which backends were "
-                                                                "tried and why they could not run) on stderr.")):
+def _global_options(verbose: bool = typer.Option(
+        False, "--verbose", help="Log what gandeploy decides (which backends were tried and why they could not run) "
+                                 "on stderr.")):
     """Train GAN generators, export them, and sample them in production."""
     import logging
 
@@ -363,8 +364,16 @@ def serve(
     workers: int = typer.Option(
         1, "--workers", min=1, max=64,
         help="Backend calls at once (Triton's instance count); 2 can help where one call leaves cores idle."),
+    engine: str = typer.Option(
+        "starlette", "--engine", help="starlette: gandeploy's server (v1 + v2 on one port). triton: NVIDIA's Triton "
+                                      "through PyTriton (v2 over HTTP and gRPC; needs 'gandeploy[triton-server]' and "
+                                      "a Python with a shared libpython)."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", min=1, max=65535, help="--engine triton: gRPC port."),
+    metrics_port: int = typer.Option(8002, "--metrics-port", min=1, max=65535,
+                                     help="--engine triton: Prometheus metrics port."),
 ):
-    """Serve an export over HTTP: POST /v1/generate, GET /v1/generate?n=&seed=, /healthz, /readyz, /metrics."""
+    """Serve an export over HTTP: POST /v1/generate, GET /v1/generate?n=&seed=, the Open Inference Protocol under
+    /v2, /healthz, /readyz, /metrics; or the same model on Triton with --engine triton."""
     with _errors():
         from .formats.paths import latest_export
 
@@ -379,6 +388,17 @@ def serve(
                                batching=batching, workers=workers, host=host, port=port,
                                client_timeout_s=client_timeout_s)
         folder = export_dir if export_dir is not None else latest_export()
+        if engine not in ("starlette", "triton"):
+            raise UserError(f"--engine {engine!r} is not one of starlette, triton")
+        if engine == "triton":
+            if ray:
+                raise UserError("--engine triton and --ray are two servers; pick one")
+            if port == 0:
+                raise UserError("--engine triton needs a fixed --port (Triton cannot pick a free one)")
+            from .serve.triton_engine import serve_triton
+
+            serve_triton(folder, options, grpc_port, metrics_port, log=typer.echo)
+            return
         if ray:
             from .serve.ray import serve_ray
 
