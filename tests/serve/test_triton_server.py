@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import subprocess
 import threading
 import time
@@ -214,3 +215,19 @@ def test_tritons_own_parser_accepts_our_repository(triton_python, exports, tmp_p
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
         log.close()
+
+
+def test_a_python_that_cannot_host_tritons_stub_is_one_line(exports):
+    """This test's own Python: pyenv's (its libpython is not the one the stub's linker finds) or one without
+    nvidia-pytriton; either way one line that says what to use instead, exit 2, before anything starts."""
+    from gandeploy.serve.triton_engine import check_python
+
+    try:
+        check_python()
+    except Exception:
+        pass
+    else:
+        pytest.skip(f"{sys.executable} can host Triton's stub: the refusal cannot be shown with it")
+    code, output = cli("serve", str(exports["uint8"]), "--engine", "triton", "--port", "8999")
+    assert code == 2 and len(output.strip().splitlines()) == 1, output
+    assert "--engine triton" in output and "--engine starlette" in output
