@@ -25,7 +25,7 @@ from torch import nn
 
 from gandeploy.data import batches, load_data
 from gandeploy.recipe import load_recipe
-from gandeploy.train import Trainer, resolve_device
+from gandeploy.train import Trainer, torch_device
 
 
 class ReferenceLoop:
@@ -100,7 +100,7 @@ def main():
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
 
-    device = resolve_device(args.device)
+    device = torch_device(args.device)
     recipe = load_recipe(args.recipe)
     batch = recipe.train.batch_size
     fp32 = load_recipe(args.recipe, ["train.amp=none"])

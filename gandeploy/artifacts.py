@@ -7,6 +7,7 @@ skeleton are references into the file. Nothing here unpickles or executes anythi
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import ArtifactError
+from .errors import ArtifactError, first_line
 from .formats.files import MARK, atomic_dir, atomic_path, atomic_write_text, check_replaceable  # noqa: F401
 from .formats.generator import GENERATOR_FORMAT, generator_dir, read_config  # noqa: F401  (re-exported)
 
@@ -36,14 +37,25 @@ def save_generator(path: str | Path, generator: torch.nn.Module, config: dict) -
     if not (path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()):
         with atomic_dir(path, kind="generator") as tmp:
             (tmp / "config.json").write_text(text)
-            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "gandeploy-generator"})
+            _save(tensors, tmp / "model.safetensors", {"format": "gandeploy-generator"})
         return path
     with atomic_path(path / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "gandeploy-generator"})
+        _save(tensors, tmp, {"format": "gandeploy-generator"})
     atomic_write_text(path / "config.json", text)
     if not (path / MARK).is_file():  # a folder from before marks: mark it now that it is known to be ours
         atomic_write_text(path / MARK, json.dumps({"kind": "generator", "written_by": "gandeploy"}) + "\n")
     return path
+
+
+def _save(tensors: dict, path: Path, metadata: dict) -> None:
+    """safetensors' save_file, with a full disk raised as the OSError (ENOSPC, naming the file) it is: safetensors
+    reports it as its own error type, whose only trace of the cause is the OS's text."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        if "No space left" in str(e) or "code: 28" in str(e):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from e
+        raise
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -69,7 +81,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         model = build_generator(config)
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ArtifactError(f"{folder}: weights do not match config.json ({first})") from None
     return model.to(device).eval(), config
 
@@ -109,7 +121,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     tensors: dict = {}
     skeleton = _pack(state, tensors)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "tree": json.dumps(skeleton)})
+        _save(tensors, tmp, {"format": CHECKPOINT_FORMAT, "tree": json.dumps(skeleton)})
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import UserError
+from .errors import ArtifactError, UserError, first_line
 
 SCHEMA_VERSION = 1
 FID_DELTA_TARGET = 0.1
@@ -158,12 +158,12 @@ def run_bench(export_dir: str | Path, options: BenchOptions | None = None, out: 
     samplers = {}
     for backend, precision in configurations(options.backends):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                samplers[(backend, precision)] = Sampler(export_dir, backend=backend, precision=precision,
-                                                         device=options.device, max_batch=max(options.batch_sizes))
-        except ValueError as e:  # SamplerError, BackendUnavailable, EngineMismatch: all say why
-            results["skipped"].append({"backend": backend, "precision": precision, "reason": str(e).splitlines()[0]})
+            samplers[(backend, precision)] = Sampler(export_dir, backend=backend, precision=precision,
+                                                     device=options.device, max_batch=max(options.batch_sizes))
+        except ArtifactError:
+            raise  # a damaged file of the export fails the bench, as it fails verify and serve
+        except ValueError as e:  # SamplerError, BackendUnavailable: what this machine cannot run, and why
+            results["skipped"].append({"backend": backend, "precision": precision, "reason": first_line(e)})
     if not samplers:
         raise UserError(f"no backend could run {export_dir} here: "
                         + "; ".join(f"{s['backend']} {s['precision']}: {s['reason']}" for s in results["skipped"]))

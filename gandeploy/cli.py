@@ -61,12 +61,6 @@ def _errors(extra: str | None = None):
         typer.echo(f"error: this command needs {top}, which is not installed here; pip install "
                    f"'gandeploy[{extra or EXTRAS[top]}]'", err=True)
         raise typer.Exit(2) from None
-    except Exception as e:  # safetensors reports a full disk as its own error type
-        full = "No space left" in str(e) or "code: 28" in str(e)
-        if "SafetensorError" not in type(e).__name__ or not full:
-            raise
-        typer.echo(f"error: {_disk_full(e)}", err=True)
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: the last checkpoint is intact; continue with --resume RUN_DIR", err=True)
         raise typer.Exit(130) from None
@@ -141,7 +135,7 @@ def sample(
             try:
                 wanted = check_labels(parse_labels(labels), n, classes)
             except LabelError as e:
-                raise UserError(f"--{e}" if str(e).startswith("labels:") else f"--labels: {e}") from None
+                raise UserError(f"--labels: {e}") from None
             save_grid(sampler.sample(n, seed, wanted), out, scale=scale)
             typer.echo(f"wrote {n} samples of {source} (seed {seed}, {sampler.info['backend']}) to {out}")
 
@@ -290,11 +284,11 @@ def fid(
 
     with _errors("train,fid"):
         from .metrics.fid import compute_fid
-        from .train import resolve_device
+        from .train import torch_device
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = compute_fid(source, real, n, seed, batch_size, str(resolve_device(device)))
+            result = compute_fid(source, real, n, seed, batch_size, str(torch_device(device)))
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
         real_n = f"N={result['real_n']} " if result["real_n"] else ""

@@ -26,7 +26,7 @@ from .augment import augment, parse_policy
 from .artifacts import atomic_write_text, load_checkpoint, save_checkpoint, save_generator
 from .formats.files import sweep
 from .data import ImageData, batches, load_data
-from .errors import TrainingDiverged, UserError
+from .errors import TrainingDiverged, UserError, first_line
 from .formats.images import save_grid, to_uint8
 from .formats.paths import latest_export, latest_run  # noqa: F401  (re-exported)
 from .latents import latents
@@ -37,8 +37,9 @@ from .recipe import Recipe, load_recipe
 CHECKPOINT_RE = re.compile(r"^step-(\d+)\.safetensors$")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """The runtime's device resolution, plus what torch itself can use (a CPU build of torch sees no GPU)."""
+def torch_device(name: str = "auto") -> torch.device:
+    """A torch.device for `name` (auto, cpu, cuda[:N]): the runtime's resolution (`runtime.device.resolve_device`,
+    which returns the name), plus what torch itself can use (a CPU build of torch sees no GPU)."""
     from .runtime.device import resolve_device as resolve
 
     if name == "auto" and not torch.cuda.is_available():
@@ -218,7 +219,7 @@ class Trainer:
             try:
                 self.load_state(state)
             except (KeyError, RuntimeError, ValueError) as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                first = first_line(e)
                 raise UserError(f"{path} does not fit the recipe in {self.run_dir / 'recipe.yaml'} ({first}); if "
                                 f"that file was damaged, restore it before --resume") from None
             return path
@@ -573,7 +574,7 @@ def train(recipe: Recipe, run_dir: str | Path, device: str = "auto", resume: boo
           progress: bool = True) -> dict:
     """Train `recipe` into `run_dir` (resuming from its last checkpoint if `resume`); returns the last log record."""
     run_dir = Path(run_dir)
-    dev = resolve_device(device)
+    dev = torch_device(device)
     world = distributed.init(dev.type)
     if dev.type == "cuda" and world.size > 1:
         dev = torch.device("cuda", world.local_rank)

@@ -16,7 +16,7 @@ import torch
 
 from .. import __version__
 from ..artifacts import load_generator
-from ..errors import CheckFailed, UserError
+from ..errors import CheckFailed, UserError, cause
 from ..formats import manifest as mf
 from ..formats.files import atomic_dir, atomic_write_text, sweep
 from ..formats.generator import generator_dir
@@ -24,6 +24,7 @@ from ..formats.names import check_name
 from ..formats.manifest import FP16_FILE, FP32_FILE, GENERATOR_DIR, REFERENCE_FILE
 from ..formats.parity import Parity, measure, tolerance_text
 from ..formats.references import References, reference_inputs, save_references
+from ..formats.vocabulary import PRECISIONS
 from . import onnx as ox
 CPU_FP16_NOTE = ("ONNX Runtime's CPU provider computes float16 graphs in float32 after casts: this figure measures "
                  "the rounding of stored float16 values, not float16 arithmetic")
@@ -118,7 +119,7 @@ def write_export(generator, config: dict, name: str, out: Path, options: ExportO
         manifest["references"] = {"file": REFERENCE_FILE, "seed": 0, "count": len(refs.z),
                                   "labels": "k % num_classes" if config["num_classes"] else None,
                                   "reference": "torch fp32 (cpu)",
-                                  "tolerances": {p: tolerance_text(options.output, p) for p in ("fp32", "fp16")}}
+                                  "tolerances": {p: tolerance_text(options.output, p) for p in PRECISIONS}}
         (tmp / "manifest.json").write_text(mf.dumps(manifest))
     log(summary(out, manifest))
     if options.trt:
@@ -223,9 +224,7 @@ def _forward(graph, config: dict, feeds: dict) -> np.ndarray:
         with torch.inference_mode():
             return graph(*(torch.from_numpy(feeds[name]) for name in ox.input_names(config))).numpy()
     except (Exception, SystemExit) as e:  # a user's module may fail on a batch its own checks did not try
-        cause = f"it called sys.exit({e.code!r})" if isinstance(e, SystemExit) else \
-            f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-        raise UserError(f"the generator failed on a batch of {len(feeds['z'])} check latents: {cause}") from None
+        raise UserError(f"the generator failed on a batch of {len(feeds['z'])} check latents: {cause(e)}") from None
 
 
 def _references(graph, config: dict, output: str) -> References:

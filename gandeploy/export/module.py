@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, cause, first_line
 from ..formats.files import sha256
 from .exporter import ExportOptions, _require_onnx_stack, write_export
 
@@ -102,7 +102,7 @@ def _probe(graph: ModuleGraph, latent_dim: int, num_classes: int) -> dict:
             x = graph(z, labels)
     except (Exception, SystemExit) as e:  # the user's code: its own error says best what went wrong
         raise UserError(f"the module failed on latents of shape (2, {', '.join(map(str, graph.latent_shape))})"
-                        f"{' with labels' if num_classes else ''}: {_cause(e)}; check "
+                        f"{' with labels' if num_classes else ''}: {cause(e)}; check "
                         f"--latent-shape/--classes") from None
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point() or len(x) != 2:
         what = f"{x.dtype}{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
@@ -125,7 +125,7 @@ def _check_labels(graph: ModuleGraph, latent_dim: int, num_classes: int, chunk: 
                 graph(torch.zeros(len(labels), latent_dim), labels)
         except (Exception, SystemExit) as e:  # the user's code
             raise UserError(f"--classes {num_classes}: the module failed on labels {start}..{start + len(labels) - 1}"
-                            f" ({_cause(e)}); pass the number of classes it was built for") from None
+                            f" ({cause(e)}); pass the number of classes it was built for") from None
 
 
 # share of output values allowed outside the declared range (a generator may overshoot a little: StyleGAN does)
@@ -145,7 +145,7 @@ def _check_value_range(graph: ModuleGraph, latent_dim: int, num_classes: int, lo
         with torch.inference_mode():
             x = graph(z, labels).float()
     except (Exception, SystemExit) as e:  # the user's code: random latents may reach what zeros did not
-        raise UserError(f"the module failed on 16 random latents: {_cause(e)}") from None
+        raise UserError(f"the module failed on 16 random latents: {cause(e)}") from None
     margin = 1e-3 * (hi - lo)
     outside = float(((x < lo - margin) | (x > hi + margin)).float().mean())
     found = f"{float(x.min()):.3g}..{float(x.max()):.3g}"
@@ -196,7 +196,7 @@ def import_object(spec: str):
         raise UserError(f"--module {spec}: cannot import {module_name} ({e}); run from the folder that holds it or "
                         f"put it on PYTHONPATH") from None
     except (Exception, SystemExit) as e:  # the user's code ran and failed (or exited): contained, in one line
-        raise UserError(f"--module {spec}: importing {module_name} failed: {_cause(e)}") from None
+        raise UserError(f"--module {spec}: importing {module_name} failed: {cause(e)}") from None
     if not hasattr(module, attr):
         raise UserError(f"--module {spec}: {module_name} has no {attr}")
     return getattr(module, attr)
@@ -211,20 +211,10 @@ def build_module(spec: str) -> nn.Module:
         raise UserError(f"--module {spec}: calling {spec.split(':')[1]}() failed ({e}); point --module at a "
                         f"function that builds the module with its arguments") from None
     except (Exception, SystemExit) as e:
-        raise UserError(f"--module {spec}: calling {spec.split(':')[1]}() failed: {_cause(e)}") from None
+        raise UserError(f"--module {spec}: calling {spec.split(':')[1]}() failed: {cause(e)}") from None
     if not isinstance(module, nn.Module):
         raise UserError(f"--module {spec}: {spec.split(':')[1]}() returned {type(module).__name__}, not an nn.Module")
     return module
-
-
-def _cause(e: BaseException) -> str:
-    """One line for an exception raised by the user's code (SystemExit included)."""
-    if isinstance(e, SystemExit):
-        return f"it called sys.exit({e.code!r}); a module to export must not exit when imported or built"
-    if isinstance(e, SyntaxError):
-        return f"SyntaxError: {e.msg} ({Path(e.filename or '?').name}, line {e.lineno})"
-    first = (str(e).strip().splitlines() or [""])[0][:200]
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -244,7 +234,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for pickled objects; RuntimeError for damaged files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         if "Unsupported global" in str(e) or "weights_only" in str(e).lower():
             raise UserError(f"--weights {path} holds pickled Python objects (a whole module?), not a state_dict; "
                             f"nothing in it was run. Save the weights with torch.save(netG.state_dict(), "

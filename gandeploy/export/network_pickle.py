@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 NETWORKS = ("G_ema", "G", "D")
 
@@ -197,7 +197,7 @@ def read_network_pickle(path: str | Path) -> dict:
         raise UserError(_refusal(path, e)) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError,
             IndexError, KeyError, OverflowError, MemoryError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise UserError(f"{path} is not a readable network pickle ({type(e).__name__}: {first}); nothing in it "
                         f"was run") from None
     if not isinstance(data, dict) or not any(isinstance(data.get(k), Captured) for k in NETWORKS):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..formats.images import levels
 from ..latents import latents
 from .grouped import rewrite_batch_groups
@@ -149,7 +149,7 @@ def validation_error(path: Path) -> str | None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, OSError, ValueError) as e:
-        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return first_line(e)
     return None
 
 

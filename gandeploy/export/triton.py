@@ -20,11 +20,12 @@ from ..errors import ArtifactError, UserError
 from ..formats import manifest as mf
 from ..formats.files import atomic_dir
 from ..formats.manifest import FP16_FILE, FP32_FILE
+from ..formats.vocabulary import check_precision
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-PRECISIONS, KINDS = ("fp32", "fp16"), ("gpu", "cpu")
+KINDS = ("gpu", "cpu")
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 MARKER = "gandeploy.json"  # says we wrote the folder, so a rewrite may replace it; Triton ignores unknown files
 TRT_WORKSPACE_BYTES = 1 << 30  # TensorRT execution provider's scratch space; a small generator needs far less
@@ -135,8 +136,7 @@ def _model(pb, export_dir: Path, manifest: dict, name: str, precision: str, kind
 
 
 def _check_options(precision, instances, kind, max_queue_delay_us, tensorrt_accelerator) -> None:
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    check_precision(precision, "--precision")
     if kind not in KINDS:
         raise UserError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
     if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:

@@ -20,9 +20,9 @@ def parse_labels(text: str | None):
     """'3' -> 3, '1,2,3' -> [1, 2, 3], None -> None: text from a command line or a query string."""
     if text is None:
         return None
-    parts = str(text).split(",")
+    parts = [v.strip() for v in str(text).split(",")]  # spaces after commas are fine
     if not all(_INTEGER.fullmatch(v) for v in parts):  # int() would also take '٣', '1_0' and 5,000 digits
-        raise LabelError(f"labels: {str(text)[:60]!r} is not an integer or a comma list of them")
+        raise LabelError(f"{str(text)[:60]!r} is not an integer or a comma list of them")
     values = [int(v) for v in parts]
     return values[0] if len(values) == 1 else values
 

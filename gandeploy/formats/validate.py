@@ -10,6 +10,7 @@ import re
 from ..errors import ArtifactError
 from ..latents import distribution
 from .names import check_name, check_relative
+from .vocabulary import PRECISIONS
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -137,7 +138,7 @@ def check_manifest(manifest: dict, where: str) -> dict:
         entry = f.obj(entry, f"engines[{k}]")
         check_name(f.text(f.get(entry, "file", f"engines[{k}].file"), f"engines[{k}].file"),
                    f"{where}: engines[{k}].file")
-        f.text(f.get(entry, "precision", f"engines[{k}].precision"), f"engines[{k}].precision", ("fp16", "fp32"))
+        f.text(f.get(entry, "precision", f"engines[{k}].precision"), f"engines[{k}].precision", PRECISIONS)
         _file_entry(f, entry, f"engines[{k}]")
     _required_artifacts(f, manifest)
     refs = manifest.get("references")

@@ -32,6 +32,7 @@ from ..formats.images import png, to_uint8
 from ..formats.labels import default_labels
 from ..formats.names import check_name
 from ..formats.validate import Fields
+from ..formats.vocabulary import check_seed
 from ..latents import latents
 from .sampler import Sampler
 
@@ -148,8 +149,7 @@ def _check(plan: Plan) -> None:
         raise UserError(f"--n {plan.n}: expected 1 to 10,000,000,000 images")
     if not 1 <= plan.shard_size <= 10**6:
         raise UserError(f"--shard-size {plan.shard_size}: expected 1 to 1,000,000 images per shard")
-    if not 0 <= plan.seed < 2**64:
-        raise UserError(f"--seed {plan.seed}: expected 0 to 2**64 - 1")
+    check_seed(plan.seed, "--seed")
 
 
 def _identity(sampler: Sampler) -> str | None:

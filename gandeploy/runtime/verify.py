@@ -13,11 +13,10 @@ from ..errors import ArtifactError, BrokenArtifact, UserError
 from ..formats.manifest import FP16_FILE, GENERATOR_DIR, load_export
 from ..formats.parity import Parity, measure
 from ..formats.references import load_references
+from ..formats.vocabulary import PRECISIONS, check_precision
 from . import backends
 from .device import cuda_device_count, resolve_device
 from .sampler import Sampler
-
-PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass
@@ -64,8 +63,8 @@ def verify(export_dir: str | Path, backend: str | None = None, precision: str | 
         raise BrokenArtifact(str(e)) from None
     if backend is not None and backend not in backends.REGISTRY:
         raise UserError(f"--backend {backend!r} is not one of {', '.join(backends.REGISTRY)}")
-    if precision is not None and precision not in PRECISIONS:
-        raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision is not None:
+        check_precision(precision, "--precision")
     if device == "auto":
         devices = ["cpu", "cuda"] if cuda_device_count() else ["cpu"]
     else:

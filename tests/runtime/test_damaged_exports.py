@@ -104,6 +104,9 @@ def test_the_sampler_and_the_cli_refuse_it_without_falling_back(damaged, case):
     assert "re-export" in str(caught.value) or "re-run gandeploy export" in str(caught.value)
     code, output = cli("sample", str(folder), "--out", str(folder.parent / "grid.png"))
     assert code == 2 and len(output.strip().splitlines()) == 1 and "Warning" not in output, output
+    code, output = cli("bench", str(folder), "--backends", "torch,onnxruntime", "--batch-sizes", "1", "--quick",
+                       "--out", str(folder.parent / "bench"))
+    assert code == 2 and len(output.strip().splitlines()) == 1 and not (folder.parent / "bench").exists(), output
 
 
 @pytest.mark.parametrize("entry", ["generator.onnx", "generator.fp16.onnx", "reference.npz",

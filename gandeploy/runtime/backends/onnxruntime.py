@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from ...errors import BrokenArtifact
+from ...errors import BrokenArtifact, first_line
 from ...formats.manifest import FP16_FILE, FP32_FILE
 from ..device import device_index
 from . import BackendUnavailable, Source
@@ -45,7 +45,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(onnx_path), session_options(threads), providers=providers)
         except Exception as e:  # ONNX Runtime's own exception types: a damaged or foreign file
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise BrokenArtifact(f"ONNX Runtime cannot load {onnx_path} ({first[:200]}); the file is damaged "
                                      f"or not this export's: re-export") from None
         self.provider = self.session.get_providers()[0]
