@@ -38,12 +38,12 @@ def machine() -> str:
 
 def command_of(run: Path, recipe) -> str:
     """The training command that makes this run: the bundled recipe plus the overrides that differ from it."""
-    from gandeploy.train import _differences
+    from gandeploy.train import recipe_differences
 
     bundled = ROOT / "recipes" / f"{recipe.name}.yaml"
     command = f"gandeploy train recipes/{recipe.name}.yaml"
     if bundled.is_file():
-        for key, _, value in _differences(load_recipe(bundled).to_dict(), recipe.to_dict()):
+        for key, _, value in recipe_differences(load_recipe(bundled).to_dict(), recipe.to_dict()):
             command += f" {key}={json.dumps(value) if not isinstance(value, str) else value}"
     return command
 

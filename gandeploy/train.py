@@ -533,10 +533,11 @@ RESUMABLE_CHANGES = ("train.steps", "optim.g_lr", "optim.d_lr", "train.checkpoin
                      "train.log_every", "train.grid_size", "data.workers")
 
 
-def _differences(a: dict, b: dict, prefix: str = ""):
+def recipe_differences(a: dict, b: dict, prefix: str = ""):
+    """(dotted key, value in a, value in b) for every leaf where two recipe dicts (Recipe.to_dict()) differ."""
     for key in a:
         if isinstance(a[key], dict):
-            yield from _differences(a[key], b[key], f"{prefix}{key}.")
+            yield from recipe_differences(a[key], b[key], f"{prefix}{key}.")
         elif a[key] != b[key]:
             yield f"{prefix}{key}", a[key], b[key]
 
@@ -551,7 +552,7 @@ def prepare_run(recipe_path: str | None, overrides: list[str], out: str | None,
             raise UserError(f"--resume {run_dir}: no recipe.yaml there, so it is not a run folder; pass runs/<name>")
         before = load_recipe(saved)
         recipe = load_recipe(recipe_path or saved, overrides)
-        for key, old, new in _differences(before.to_dict(), recipe.to_dict()):
+        for key, old, new in recipe_differences(before.to_dict(), recipe.to_dict()):
             if key not in RESUMABLE_CHANGES:
                 raise UserError(f"--resume {run_dir}: {key} is {old!r} in the run but {new!r} now; a resumed run may "
                                 f"change only {', '.join(RESUMABLE_CHANGES)}; start a new run for anything else")

@@ -64,7 +64,7 @@ def export(source: str | Path, out: str | Path | None = None, options: ExportOpt
     leaves a complete, valid ONNX export behind."""
     options = options or ExportOptions()
     options.check()
-    _require_onnx_stack()
+    require_onnx_stack()
     source = Path(source)
     if (source / "manifest.json").is_file():  # an existing export: only an engine can be added to it
         if not options.trt:
@@ -200,7 +200,7 @@ def _check_reference_evaluator(path: Path, config: dict, references: dict, outpu
     return {k: _json_number(v) for k, v in figures.items()}
 
 
-def _require_onnx_stack() -> None:
+def require_onnx_stack() -> None:
     import importlib.util
 
     missing = [m for m in ("onnx", "onnxscript", "onnxconverter_common", "onnxruntime")

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import UserError, cause, first_line
 from ..formats.files import sha256
-from .exporter import ExportOptions, _require_onnx_stack, write_export
+from .exporter import ExportOptions, require_onnx_stack, write_export
 
 
 class ModuleGraph(nn.Module):
@@ -45,7 +45,7 @@ def export_module(module: nn.Module, out: str | Path, *, latent_dim: int, latent
     (latent_dim,)); value_range: the range of its images; num_classes > 0: forward(z, labels) with int64 labels."""
     options = options or ExportOptions()
     options.check()
-    _require_onnx_stack()
+    require_onnx_stack()
     if not isinstance(module, nn.Module):
         raise UserError(f"export_module needs a torch.nn.Module, got {type(module).__name__}")
     latent_dim, latent_shape = _check_latents(latent_dim, latent_shape)
@@ -328,7 +328,7 @@ def export_files(weights: str | Path, out: str | Path | None = None, *, module: 
         generator, config = ARCHITECTURES[arch](state, log)
         options = options or ExportOptions()
         options.check()
-        _require_onnx_stack()
+        require_onnx_stack()
         with tempfile.TemporaryDirectory() as tmp:  # the generator folder that travels with the export
             folder = save_generator(Path(tmp) / "generator", generator, config)
             return write_export(generator, config, out.name, out, options, {"arch": arch, **origin}, folder, log)

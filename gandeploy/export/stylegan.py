@@ -14,7 +14,7 @@ import torch
 
 from ..errors import UserError
 from ..formats.files import sha256
-from .exporter import ExportOptions, _require_onnx_stack, write_export
+from .exporter import ExportOptions, require_onnx_stack, write_export
 from .module import _safe_name, load_weights
 from .network_pickle import network, read_network_pickle
 
@@ -33,7 +33,7 @@ def export_stylegan(pickle_path: str | Path, out: str | Path | None = None, *, p
 
     options = options or ExportOptions(**BATCHES)
     options.check()
-    _require_onnx_stack()
+    require_onnx_stack()
     psi = _check_psi(psi)
     if noise_mode not in NOISE_MODES:
         raise UserError(f"--noise {noise_mode}: exports take {' or '.join(NOISE_MODES)} ('random' draws inside "

@@ -1,6 +1,6 @@
-"""TensorRT builder (gandeploy.export.tensorrt) and backend (gandeploy.runtime.backends.tensorrt). The pure parts run
-everywhere; building and running engines needs tensorrt, cuda-python and a CUDA GPU (marked gpu, skipped with the
-reason availability() gives)."""
+"""TensorRT builder (gandeploy.export.tensorrt), backend (gandeploy.runtime.backends.tensorrt) and engine file names
+(gandeploy.formats.engines). The pure parts run everywhere; building and running engines needs tensorrt, cuda-python
+and a CUDA GPU (marked gpu, skipped with the reason availability() gives)."""
 
 import ast
 import hashlib
@@ -28,9 +28,10 @@ from gandeploy.export.tensorrt import (
     unsupported_ops,
     uses_strongly_typed,
 )
+from gandeploy.formats.engines import built_for
 from gandeploy.runtime.backends import BackendUnavailable, Source
 from gandeploy.runtime.backends import tensorrt as backend
-from gandeploy.runtime.backends.tensorrt import TensorRTBackend, _built_for, gpu_info, version_tuple
+from gandeploy.runtime.backends.tensorrt import TensorRTBackend, gpu_info, version_tuple
 
 REASON = availability()
 needs_trt = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -51,8 +52,8 @@ def test_engine_filename_slugs_the_gpu_and_names_everything_it_was_built_for():
 
 def test_built_for_reads_engine_file_names_back():
     name = engine_filename("NVIDIA L4", (8, 9), "10.9.0.34", "fp16")
-    assert _built_for(Path("/exports/x") / name) == "TensorRT 10.9.0.34 on nvidia-l4 (sm89)"
-    assert _built_for(Path("model.plan")) == "another TensorRT version or GPU"
+    assert built_for(Path("/exports/x") / name) == "TensorRT 10.9.0.34 on nvidia-l4 (sm89)"
+    assert built_for(Path("model.plan")) == "another TensorRT version or GPU"
 
 
 @pytest.mark.parametrize("version, expected", [("10.0.1", (10, 0)), ("10.13.3.9", (10, 13)), (" 11.1.0", (11, 1)),
@@ -163,9 +164,11 @@ def test_parser_error_message_is_one_line_with_node_and_operator():
     assert parser_error_message("m.onnx", "11.0.0", []).endswith("the parser gave no error message")
 
 
-def test_neither_module_imports_tensorrt_cuda_python_or_torch_at_the_top():
-    for module in ("gandeploy/export/tensorrt.py", "gandeploy/runtime/backends/tensorrt.py"):
-        tree = ast.parse((ROOT / module).read_text())
+def test_no_tensorrt_module_imports_tensorrt_cuda_python_or_torch_at_the_top():
+    packages = [ROOT / "gandeploy/export/tensorrt", ROOT / "gandeploy/runtime/backends/tensorrt"]
+    assert all((p / "__init__.py").is_file() for p in packages)
+    for module in [*(m for p in packages for m in sorted(p.glob("*.py"))), ROOT / "gandeploy/formats/engines.py"]:
+        tree = ast.parse(module.read_text())
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
         names |= {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and not n.level}
@@ -361,7 +364,7 @@ def test_export_trt_refuses_an_unsupported_graph_before_tensorrt_parses_it(expor
         manifest["artifacts"][file] = mf.describe(folder / file, precision=manifest["artifacts"][file]["precision"])
     (folder / "manifest.json").write_text(mf.dumps(manifest))
     monkeypatch.setattr(trt_module, "availability", lambda: None)
-    monkeypatch.setattr(trt_module, "_require", lambda: None)
+    monkeypatch.setattr(trt_module.build, "require", lambda: None)
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.3"))
     for extra, file in (((), "generator.fp16.onnx"), (("--no-fp16",), "generator.onnx")):
         code, output = cli("export", str(folder), "--trt", *extra)
