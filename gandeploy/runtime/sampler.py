@@ -157,6 +157,19 @@ class Sampler:
         z = self._check_z(z)
         return self._run(z, self.check_labels(labels, len(z)), self.source.output_kind)
 
+    def run_latents(self, z, labels=None, kind: str | None = None) -> np.ndarray:
+        """submit_latents as one direct backend call (no batching front): your latents and labels, checked as
+        submit_latents checks them, to the export's own output (uint8 (n, h, w, c) or float32 (n, c, h, w)), or to
+        `kind` ("uint8" or "float"). What the server runs with batching off."""
+        z = self._check_z(z)
+        labels = self.check_labels(labels, len(z))
+        kind = kind or self.source.output_kind
+        if kind not in ("uint8", "float"):
+            raise SamplerError(f"kind {kind!r} is not uint8 or float")
+        if kind == "float" and "float" not in self.backend.kinds:
+            raise SamplerError(f"{self.path} was exported with uint8 output, which has no float images")
+        return self._run(z, labels, kind)
+
     def interpolate(self, seed_a: int, seed_b: int, steps: int, labels=None) -> np.ndarray:
         """uint8 (steps, h, w, c) along the great circle from image 0 of seed_a to image 0 of seed_b (slerp, as
         White 2016 recommends for Gaussian latents)."""

@@ -9,39 +9,34 @@ checked by `parse` before anything runs."""
 from __future__ import annotations
 
 import json
-import logging
 import math
-import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
 from ..runtime import SamplerError
-from .app import MAX_BODY_BYTES, Problem, as_text, is_digits, shown
+from .http import Problem, as_text, is_digits, json_object, read_body, shown, timed
+from .service import Service
 
-log = logging.getLogger("gandeploy.serve")
 DATATYPES = {"FP32": np.float32, "INT64": np.int64, "UINT8": np.uint8}
 HEADER = "Inference-Header-Content-Length"
 MAX_DIMS = 8  # no tensor here has more; a longer shape is a mistake, and it would be echoed in the error
+MAX_BODY_BYTES = 4 * 1024 * 1024  # binary latents: 4 MB holds 10,000 latents of 100 floats
 
 
-class ProtocolError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
+def answer(problem: Problem) -> Response:
+    """The protocol's error: {"error": ...} alone, and 400 for a field the shared checks refused (422 in v1)."""
+    status = 400 if problem.status == 422 else problem.status
+    return Problem(status, problem.message, retry_after=problem.retry_after).response()
 
 
-def _error(status: int, message: str, retry_after: int | None = None) -> Response:
-    return JSONResponse({"error": message}, status_code=status,
-                        headers={"Retry-After": str(retry_after)} if retry_after else None)
-
-
-def signature(service) -> dict:
+def signature(service: Service) -> dict:
     """Model metadata: the Triton repository's signature for this export."""
     m, g = service.sampler.manifest or {}, service.sampler.config
     inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, g["latent_dim"]]}]
@@ -54,89 +49,84 @@ def signature(service) -> dict:
             "outputs": [output]}
 
 
-def model_name(service) -> str:
+def model_name(service: Service) -> str:
     return (service.sampler.manifest or {}).get("name") or service.sampler.path.name
 
 
-def routes(service) -> list[Route]:
-    metrics = service.metrics
+def routes(service: Service) -> list[Route]:
+    def route(path: str, name: str, handler, methods=None) -> Route:
+        return Route(path, timed(service.metrics, name, partial(handler, service), answer), methods=methods)
 
-    def check_model(request: Request) -> None:
-        name, version = request.path_params["model"], request.path_params.get("version")
-        if name != model_name(service) or version not in (None, "", "1"):
-            asked = shown(name) + (f" version {shown(version)}" if version else "")
-            raise ProtocolError(404, f"unknown model {asked}; this server serves '{model_name(service)}' version 1")
-
-    def timed(name: str, handler):
-        async def wrapped(request: Request) -> Response:
-            start = time.perf_counter()
-            try:
-                response = await handler(request)
-            except ProtocolError as e:
-                response = _error(e.status, e.message)
-            except Problem as p:  # a field the shared checks refused (422 in v1), or the batching front's answer
-                response = _error(400 if p.status == 422 else p.status, p.message, p.retry_after)
-            except Exception as e:  # one line to the client, the traceback to the log; the service lives on
-                log.exception("v2 %s failed", name)
-                response = _error(500, f"inference failed: {type(e).__name__}: {e}")
-            metrics.observe(name, response.status_code, time.perf_counter() - start)
-            return response
-        return wrapped
-
-    async def live(request):
-        return Response(status_code=200)
-
-    async def ready(request):
-        return Response(status_code=200 if service.ready else 503)
-
-    async def server_metadata(request):
-        return JSONResponse({"name": "gandeploy", "version": __version__, "extensions": ["binary_tensor_data"]})
-
-    async def model_metadata(request):
-        check_model(request)
-        return JSONResponse(signature(service))
-
-    async def model_ready(request):
-        check_model(request)
-        return Response(status_code=200 if service.ready else 503)
-
-    async def infer(request: Request) -> Response:
-        check_model(request)
-        try:
-            body = await _body(request, service.options.client_timeout_s)
-        except ClientDisconnect:
-            return Response(status_code=499)
-        ask = parse(body, request.headers.get(HEADER), service)
-        images = await service.compute(ask.z, ask.labels, service.sampler.source.output_kind)
-        metrics.images.inc(len(ask.z))
-        out = signature(service)["outputs"][0]
-        answer = {"model_name": model_name(service), "model_version": "1",
-                  "outputs": [{"name": "images", "datatype": out["datatype"], "shape": list(images.shape)}]}
-        if ask.id is not None:
-            answer["id"] = ask.id
-        if images.dtype.kind == "f" and not np.isfinite(images).all():
-            raise ProtocolError(500, "the model produced NaN or infinity for these latents")
-        if not ask.binary:
-            answer["outputs"][0]["data"] = images.ravel().tolist()
-            return JSONResponse(answer)
-        data = np.ascontiguousarray(images).tobytes()
-        answer["outputs"][0]["parameters"] = {"binary_data_size": len(data)}
-        head = json.dumps(answer, separators=(",", ":")).encode()
-        return Response(head + data, media_type="application/octet-stream", headers={HEADER: str(len(head))})
-
-    model = "/v2/models/{model}"
-    versioned = "/v2/models/{model}/versions/{version}"
+    model, versioned = "/v2/models/{model}", "/v2/models/{model}/versions/{version}"
     return [
-        Route("/v2/health/live", timed("v2_live", live)),
-        Route("/v2/health/ready", timed("v2_ready", ready)),
-        Route("/v2", timed("v2_server", server_metadata)),
-        Route(model, timed("v2_model", model_metadata)),
-        Route(versioned, timed("v2_model", model_metadata)),
-        Route(f"{model}/ready", timed("v2_model_ready", model_ready)),
-        Route(f"{versioned}/ready", timed("v2_model_ready", model_ready)),
-        Route(f"{model}/infer", timed("v2_infer", infer), methods=["POST"]),
-        Route(f"{versioned}/infer", timed("v2_infer", infer), methods=["POST"]),
+        route("/v2/health/live", "v2_live", live),
+        route("/v2/health/ready", "v2_ready", ready),
+        route("/v2", "v2_server", server_metadata),
+        route(model, "v2_model", model_metadata),
+        route(versioned, "v2_model", model_metadata),
+        route(f"{model}/ready", "v2_model_ready", model_ready),
+        route(f"{versioned}/ready", "v2_model_ready", model_ready),
+        route(f"{model}/infer", "v2_infer", infer, methods=["POST"]),
+        route(f"{versioned}/infer", "v2_infer", infer, methods=["POST"]),
     ]
+
+
+# ---- endpoints ------------------------------------------------------------------------------------------------------
+
+def check_model(service: Service, request: Request) -> None:
+    name, version = request.path_params["model"], request.path_params.get("version")
+    if name != model_name(service) or version not in (None, "", "1"):
+        asked = shown(name) + (f" version {shown(version)}" if version else "")
+        raise Problem(404, f"unknown model {asked}; this server serves '{model_name(service)}' version 1")
+
+
+async def live(service: Service, request: Request) -> Response:
+    return Response(status_code=200)
+
+
+async def ready(service: Service, request: Request) -> Response:
+    return Response(status_code=200 if service.ready else 503)
+
+
+async def server_metadata(service: Service, request: Request) -> Response:
+    return JSONResponse({"name": "gandeploy", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+
+async def model_metadata(service: Service, request: Request) -> Response:
+    check_model(service, request)
+    return JSONResponse(signature(service))
+
+
+async def model_ready(service: Service, request: Request) -> Response:
+    check_model(service, request)
+    return Response(status_code=200 if service.ready else 503)
+
+
+async def infer(service: Service, request: Request) -> Response:
+    check_model(service, request)
+    body = await read_body(request, MAX_BODY_BYTES, service.options.client_timeout_s)
+    ask = parse(body, request.headers.get(HEADER), service)
+    images = await service.compute(ask.z, ask.labels, service.sampler.source.output_kind)
+    service.metrics.images.inc(len(ask.z))
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        raise Problem(500, "the model produced NaN or infinity for these latents")
+    return _answer(images, ask, service)
+
+
+def _answer(images: np.ndarray, ask: Inference, service: Service) -> Response:
+    """The inference response: the images as JSON numbers, or as binary tensor data after the JSON header."""
+    out = signature(service)["outputs"][0]
+    reply = {"model_name": model_name(service), "model_version": "1",
+             "outputs": [{"name": "images", "datatype": out["datatype"], "shape": list(images.shape)}]}
+    if ask.id is not None:
+        reply["id"] = ask.id
+    if not ask.binary:
+        reply["outputs"][0]["data"] = images.ravel().tolist()
+        return JSONResponse(reply)
+    data = np.ascontiguousarray(images).tobytes()
+    reply["outputs"][0]["parameters"] = {"binary_data_size": len(data)}
+    head = json.dumps(reply, separators=(",", ":")).encode()
+    return Response(head + data, media_type="application/octet-stream", headers={HEADER: str(len(head))})
 
 
 async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -156,6 +146,8 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
     return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
+# ---- the request ----------------------------------------------------------------------------------------------------
+
 @dataclass
 class Inference:
     """A checked inference request."""
@@ -165,7 +157,7 @@ class Inference:
     id: str | None  # echoed in the answer
 
 
-def parse(body: bytes, header_length: str | None, service) -> Inference:
+def parse(body: bytes, header_length: str | None, service: Service) -> Inference:
     """The one check of an inference request: every field a client sends, before anything runs (an id that cannot
     be echoed back is refused here, not after the images are made)."""
     header, blobs = _split(body, header_length)
@@ -175,43 +167,18 @@ def parse(body: bytes, header_length: str | None, service) -> Inference:
     return Inference(z, labels, binary, request_id)
 
 
-async def _body(request: Request, timeout: float) -> bytes:
-    import asyncio
-
-    limit = 64 * MAX_BODY_BYTES  # binary latents: 4 MB holds 10,000 latents of 100 floats
-    declared = request.headers.get("content-length", "")
-    if is_digits(declared) and int(declared) > limit:
-        raise ProtocolError(413, f"the body is {int(declared)} bytes, over this server's {limit}")
-    body = bytearray()
-
-    async def read():
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > limit:
-                raise ProtocolError(413, f"the body is over this server's {limit} bytes")
-
-    try:
-        await asyncio.wait_for(read(), timeout)
-    except asyncio.TimeoutError:
-        raise ProtocolError(408, f"the body did not arrive within {timeout:g} s") from None
-    return bytes(body)
-
-
 def _split(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     """The JSON inference header and the binary tensor data after it (Triton's binary extension)."""
     if header_length is not None:
         if not is_digits(header_length) or int(header_length) > len(body):
-            raise ProtocolError(400, f"{HEADER} {shown(header_length)} is not a length within the body's "
-                                     f"{len(body)} bytes")
+            raise Problem(400, f"{HEADER} {shown(header_length)} is not a length within the body's {len(body)} "
+                               f"bytes")
         head, blobs = body[:int(header_length)], body[int(header_length):]
     else:
         head, blobs = body, b""
-    try:
-        header = json.loads(head)
-    except (ValueError, RecursionError):
-        raise ProtocolError(400, "the inference request header is not JSON") from None
-    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
-        raise ProtocolError(400, "the inference request must be a JSON object with an 'inputs' list")
+    header = json_object(head, "the inference request header")
+    if not isinstance(header.get("inputs"), list):
+        raise Problem(400, "the inference request must be a JSON object with an 'inputs' list")
     return header, blobs
 
 
@@ -220,14 +187,14 @@ def _parameters(record: dict, owner: str) -> dict:
     if params is None:
         return {}
     if not isinstance(params, dict):
-        raise ProtocolError(400, f"the parameters of {owner} must be a JSON object, got {shown(params)}")
+        raise Problem(400, f"the parameters of {owner} must be a JSON object, got {shown(params)}")
     return params
 
 
 def _flag(params: dict, key: str) -> bool | None:
     value = params.get(key)
     if value is not None and not isinstance(value, bool):
-        raise ProtocolError(400, f"parameter {key} must be true or false, got {shown(value)}")
+        raise Problem(400, f"parameter {key} must be true or false, got {shown(value)}")
     return value
 
 
@@ -237,13 +204,13 @@ def _binary_outputs(header: dict) -> bool:
     default = _flag(_parameters(header, "the request"), "binary_data_output")
     outputs = [] if header.get("outputs") is None else header["outputs"]  # null: absent, as for parameters
     if not isinstance(outputs, list):
-        raise ProtocolError(400, f"outputs must be a list of requested outputs, got {shown(outputs)}")
+        raise Problem(400, f"outputs must be a list of requested outputs, got {shown(outputs)}")
     wanted = []
     for out in outputs:
         if not isinstance(out, dict):  # "images" alone is not {"name": "images"}
-            raise ProtocolError(400, f"a requested output must be a JSON object, got {shown(out)}")
+            raise Problem(400, f"a requested output must be a JSON object, got {shown(out)}")
         if out.get("name") != "images":
-            raise ProtocolError(400, f"unknown output {shown(out.get('name'))}; this model has 'images'")
+            raise Problem(400, f"unknown output {shown(out.get('name'))}; this model has 'images'")
         wanted.append(_flag(_parameters(out, "output 'images'"), "binary_data"))
     return next((w for w in wanted if w is not None), bool(default))
 
@@ -270,28 +237,34 @@ def _tensor(tensor: dict, spec: dict, blobs: bytes, offset: int) -> tuple[np.nda
     """One input tensor checked against its signature; and where the next binary tensor starts."""
     name, datatype = spec["name"], spec["datatype"]
     if tensor.get("datatype") != datatype:
-        raise ProtocolError(400, f"input '{name}' has datatype {shown(tensor.get('datatype'))}; expected {datatype}")
+        raise Problem(400, f"input '{name}' has datatype {shown(tensor.get('datatype'))}; expected {datatype}")
     shape = tensor.get("shape")
     sizes = isinstance(shape, list) and len(shape) <= MAX_DIMS and all(type(d) is int and 0 <= d < 2**63 for d in shape)
     if not sizes:
-        raise ProtocolError(400, f"input '{name}' has shape {shown(shape)}; expected a list of sizes")
+        raise Problem(400, f"input '{name}' has shape {shown(shape)}; expected a list of sizes")
     want = spec["shape"][1:]
     if name == "label" and shape[1:] not in ([1], []) or name == "z" and shape[1:] != want:
-        raise ProtocolError(400, f"input '{name}' has shape {shape}; expected [n, {', '.join(map(str, want))}]")
+        raise Problem(400, f"input '{name}' has shape {shape}; expected [n, {', '.join(map(str, want))}]")
     dtype = DATATYPES[datatype]
     count = math.prod(shape)
     size = count * np.dtype(dtype).itemsize
     if size > max(len(blobs), 64 * 1024 * 1024):
-        raise ProtocolError(400, f"input '{name}' of shape {shape} is larger than any request this server takes")
+        raise Problem(400, f"input '{name}' of shape {shape} is larger than any request this server takes")
     params = _parameters(tensor, f"input '{name}'")
     if "binary_data_size" in params:
         given = params["binary_data_size"]
         if type(given) is not int or given != size or offset + size > len(blobs):
-            raise ProtocolError(400, f"input '{name}': binary_data_size {shown(given)} does not fit shape {shape} "
-                                     f"of {datatype} in the body")
+            raise Problem(400, f"input '{name}': binary_data_size {shown(given)} does not fit shape {shape} of "
+                               f"{datatype} in the body")
         return np.frombuffer(blobs, dtype=dtype, count=count, offset=offset).reshape(shape), offset + size
-    data, integers = tensor.get("data"), dtype is np.int64  # no 2.9 as label 2
-    not_numbers = ProtocolError(400, f"input '{name}': data is not {datatype} numbers")
+    return _json_tensor(tensor.get("data"), name, datatype, shape), offset
+
+
+def _json_tensor(data, name: str, datatype: str, shape: list) -> np.ndarray:
+    """A tensor's JSON `data` as an array of `shape`."""
+    dtype = DATATYPES[datatype]
+    integers = dtype is np.int64  # no 2.9 as label 2
+    not_numbers = Problem(400, f"input '{name}': data is not {datatype} numbers")
     if not _numbers(data, {int} if integers else {int, float}):
         raise not_numbers
     try:
@@ -301,42 +274,45 @@ def _tensor(tensor: dict, spec: dict, blobs: bytes, offset: int) -> tuple[np.nda
         array = raw.astype(dtype)
     except (ValueError, TypeError, OverflowError):  # ValueError: ragged lists
         raise not_numbers from None
-    if array.size != count:
-        raise ProtocolError(400, f"input '{name}': {array.size} values for shape {shape}")
-    return array.reshape(shape), offset
+    if array.size != math.prod(shape):
+        raise Problem(400, f"input '{name}': {array.size} values for shape {shape}")
+    return array.reshape(shape)
 
 
-def _inputs(header: dict, blobs: bytes, service) -> tuple[np.ndarray, np.ndarray | None]:
-    """z (n, latent_dim) float32 and labels (n,) int64, checked against the signature; ProtocolError otherwise."""
+def _inputs(header: dict, blobs: bytes, service: Service) -> tuple[np.ndarray, np.ndarray | None]:
+    """z (n, latent_dim) float32 and labels (n,) int64, checked against the signature; Problem 400 otherwise."""
     sig = {spec["name"]: spec for spec in signature(service)["inputs"]}
     arrays, offset = {}, 0
     for tensor in header["inputs"]:
         if not isinstance(tensor, dict):
-            raise ProtocolError(400, f"an input tensor must be a JSON object, got {shown(tensor)}")
+            raise Problem(400, f"an input tensor must be a JSON object, got {shown(tensor)}")
         name = tensor.get("name")
         if not isinstance(name, str) or name not in sig:  # a list is no key: `in` would raise TypeError
-            raise ProtocolError(400, f"unknown input {shown(name)}; this model takes {', '.join(sig)}")
+            raise Problem(400, f"unknown input {shown(name)}; this model takes {', '.join(sig)}")
         if name in arrays:
-            raise ProtocolError(400, f"input '{name}' is given twice")
+            raise Problem(400, f"input '{name}' is given twice")
         arrays[name], offset = _tensor(tensor, sig[name], blobs, offset)
     missing = [name for name in sig if name not in arrays]
     if missing:
-        raise ProtocolError(400, f"input '{missing[0]}' is missing; this model takes {', '.join(sig)}")
-    z = arrays["z"]
+        raise Problem(400, f"input '{missing[0]}' is missing; this model takes {', '.join(sig)}")
+    return _batch(arrays["z"], arrays.get("label"), service)
+
+
+def _batch(z: np.ndarray, label: np.ndarray | None, service: Service) -> tuple[np.ndarray, np.ndarray | None]:
+    """The batch's size within this server's limit, its rows agreeing, its latents finite and its labels valid."""
     n = len(z)
     limit = service.options.max_images_per_request
     if not 1 <= n <= limit:
-        raise ProtocolError(400, f"a batch of {n}: this server takes 1 to {limit} per request "
-                                 f"(--max-images-per-request)")
+        raise Problem(400, f"a batch of {n}: this server takes 1 to {limit} per request (--max-images-per-request)")
     labels = None
-    if "label" in arrays:
-        labels = arrays["label"].reshape(-1)
+    if label is not None:
+        labels = label.reshape(-1)
         if len(labels) != n:
-            raise ProtocolError(400, f"input 'label' has {len(labels)} rows for {n} rows of 'z'")
+            raise Problem(400, f"input 'label' has {len(labels)} rows for {n} rows of 'z'")
     if not np.isfinite(z).all():
-        raise ProtocolError(400, "input 'z' holds NaN or infinity")
+        raise Problem(400, "input 'z' holds NaN or infinity")
     try:
         labels = service.sampler.check_labels(labels, n)
     except SamplerError as e:
-        raise ProtocolError(400, f"input 'label': {e}") from None
+        raise Problem(400, f"input 'label': {e}") from None
     return np.ascontiguousarray(z, dtype=np.float32), labels

@@ -9,7 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UserError
-from .app import ServeOptions
+from .app import create_app
+from .service import ServeOptions
 
 
 def application(export_dir: str | Path, options: ServeOptions, replicas: int = 2, cpus_per_replica: float = 0.0):
@@ -21,8 +22,6 @@ def application(export_dir: str | Path, options: ServeOptions, replicas: int = 2
     export_dir = str(Path(export_dir).resolve())
 
     def build():  # runs in each replica: its own Sampler, batching front and metrics
-        from .app import create_app
-
         return create_app(export_dir, options)
 
     from ..runtime.device import cuda_device_count

@@ -12,7 +12,8 @@ from pathlib import Path
 import uvicorn
 
 from ..errors import UserError
-from .app import ServeOptions, create_app
+from .app import create_app
+from .service import ServeOptions
 
 log = logging.getLogger("gandeploy.serve")
 
@@ -20,75 +21,78 @@ log = logging.getLogger("gandeploy.serve")
 MAX_HEADER_BYTES = 16 * 1024  # request line + headers; more is answered 431 and the connection closed
 
 
+class HeaderGuard:
+    """What uvicorn's httptools protocol lacks against slow and oversized clients, as a mixin in front of it: a
+    deadline of `header_timeout_s` for each request's headers, and a cap of MAX_HEADER_BYTES on their size."""
+
+    header_timeout_s = 10.0
+    _deadline = None
+    _header_bytes = 0
+    _in_headers = True
+    _tail = b""
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self):
+        self._disarm()
+        self._in_headers, self._header_bytes, self._tail = True, 0, b""
+        self._deadline = self.loop.call_later(self.header_timeout_s, self._too_slow)
+
+    def _disarm(self):
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self):
+        if not self.transport.is_closing():
+            log.warning("dropped a client that sent no complete request headers within %g s", self.header_timeout_s)
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:  # count the bytes up to the blank line that ends the headers, not the body's
+            seen = self._tail + data  # the blank line may be split across two reads
+            end = seen.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+            self._tail = seen[-3:]
+            if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self._disarm()
+                self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+                                     b"Connection: close\r\n\r\n")
+                self.transport.close()
+                return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # a next request on a kept-alive connection
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._in_headers = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_headers, self._header_bytes, self._tail = True, 0, b""  # the next request counts afresh
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
 def guarded_protocol(header_timeout_s: float):
-    """uvicorn's httptools protocol with what it lacks against slow and oversized clients: a deadline for each
-    request's headers, and a cap on their size. None where uvicorn's internals are not the ones this was written
-    against (the stock protocol is used then)."""
+    """uvicorn's httptools protocol behind a HeaderGuard of `header_timeout_s`. None where uvicorn's internals are
+    not the ones this was written against (the stock protocol is used then)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
         return None
     if not all(hasattr(HttpToolsProtocol, m) for m in ("on_message_begin", "on_headers_complete", "data_received")):
         return None
-
-    class GuardedProtocol(HttpToolsProtocol):
-        _deadline = None
-        _header_bytes = 0
-        _in_headers = True
-        _tail = b""
-
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            self._arm()
-
-        def _arm(self):
-            self._disarm()
-            self._in_headers, self._header_bytes, self._tail = True, 0, b""
-            self._deadline = self.loop.call_later(header_timeout_s, self._too_slow)
-
-        def _disarm(self):
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _too_slow(self):
-            if not self.transport.is_closing():
-                log.warning("dropped a client that sent no complete request headers within %g s", header_timeout_s)
-                self.transport.close()
-
-        def data_received(self, data: bytes) -> None:
-            if self._in_headers:  # count the bytes up to the blank line that ends the headers, not the body's
-                seen = self._tail + data  # the blank line may be split across two reads
-                end = seen.find(b"\r\n\r\n")
-                self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
-                self._tail = seen[-3:]
-                if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
-                    self._disarm()
-                    self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
-                                         b"Connection: close\r\n\r\n")
-                    self.transport.close()
-                    return
-            super().data_received(data)
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            if self._deadline is None:  # a next request on a kept-alive connection
-                self._arm()
-
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            self._in_headers = False
-            super().on_headers_complete()
-
-        def on_message_complete(self) -> None:
-            super().on_message_complete()
-            self._in_headers, self._header_bytes, self._tail = True, 0, b""  # the next request counts afresh
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-    return GuardedProtocol
+    return type("GuardedProtocol", (HeaderGuard, HttpToolsProtocol), {"header_timeout_s": header_timeout_s})
 
 
 class DrainingServer(uvicorn.Server):

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..runtime.sampler import Sampler
-from .app import ServeOptions
+from .service import ServeOptions
 
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults
 

@@ -220,7 +220,7 @@ def test_hostile_requests_under_load_leave_the_good_ones_right(served):
 
 
 def test_the_shared_field_checks_refuse_the_whole_class():
-    from gandeploy.serve.app import Problem, as_int, as_text, decimal, shown
+    from gandeploy.serve.http import Problem, as_int, as_text, decimal, shown
 
     for text in ["²", "٣", "１", "1_0", " 3", "+3", "0x10", "9" * 21, "9" * 5000, "", "-", "--1", "3\n"]:
         with pytest.raises(Problem):

@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray", reason="Ray Serve is not installed: `make test-
 from ray import serve  # noqa: E402
 
 from gandeploy import Sampler  # noqa: E402
-from gandeploy.serve.app import ServeOptions  # noqa: E402
+from gandeploy.serve import ServeOptions  # noqa: E402
 from gandeploy.serve.ray import application  # noqa: E402
 
 
