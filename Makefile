@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; users with a GPU install their CUDA build of torch first, then `pip install -e .`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-all test-serve-profile triton-venv bench clean
+.PHONY: install demo test test-all test-serve-profile triton-venv gpu-check bench clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,11 @@ test-serve-profile:
 	$(SERVE_VENV)/bin/gandeploy info | grep -E "^(torch|onnxruntime|backend)"
 	du -sh $(SERVE_VENV) | sed 's/^/serve profile venv: /'
 	rm -rf $(SERVE_VENV)
+
+# On a machine with a GPU (about 10 minutes; installs nothing, uses .venv as it is, or python3): the gpu tests,
+# the demo and DCGAN-64 exported with --trt, verify and a quick bench on every backend; one JSON report
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) bench/gpu_check.py --out gpu-check.json
 
 bench: install
 	$(BIN)/python bench/train_speed.py

@@ -20,6 +20,7 @@ from ..errors import ArtifactError, UserError
 from ..formats.generator import generator_dir, read_config
 from ..formats.images import to_uint8
 from ..formats.labels import LabelError, check_labels
+from ..formats.vocabulary import PRECISIONS
 from ..latents import latents as draw_latents
 from . import backends
 from .backends import Source
@@ -50,8 +51,8 @@ class Sampler:
                  max_batch: int | None = None, max_images: int = MAX_IMAGES, **options):
         if backend != "auto" and backend not in backends.REGISTRY:
             raise SamplerError(f"backend {backend!r} is not one of auto, {', '.join(backends.REGISTRY)}")
-        if precision not in ("fp32", "fp16"):
-            raise SamplerError(f"precision {precision!r} is not fp32 or fp16")
+        if precision not in PRECISIONS:
+            raise SamplerError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         unknown = sorted(set(options) - set(backends.OPTIONS))
         if unknown:
             raise SamplerError(f"unknown option {unknown[0]!r}; backend options are {', '.join(backends.OPTIONS)}")

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..formats.images import grid, png
+from ..formats.vocabulary import seed_problem
 from ..runtime import SamplerError
 from .http import Problem, as_int, as_text, decimal, json_object, read_body, shown, timed
 from .service import Service
@@ -83,7 +84,7 @@ def parse(params: dict, service: Service) -> Ask:
     if not 1 <= n <= limit:
         raise Problem(422, f"n={n} is outside 1..{limit}, this server's limit per request; split the request "
                            f"or start the server with a higher --max-images-per-request", "n")
-    if not 0 <= seed < 2**64:
+    if seed_problem(seed) is not None:
         raise Problem(422, f"seed={seed} is outside 0..2**64-1", "seed")
     if not 1 <= scale <= 16:
         raise Problem(422, f"scale={scale} is outside 1..16 (pixels per image pixel in PNGs)", "scale")
