@@ -237,6 +237,9 @@ def test_slow_and_oversized_clients_are_dropped_while_others_are_served(strict_s
     assert big.recv(1024).startswith(b"HTTP/1.1 431")
     for sock in (slow, trickle, big):
         sock.close()
+    deadline = time.monotonic() + 10  # the server's log line reaches us through a pipe and a reader thread
+    while "dropped a client" not in "".join(strict_server.lines) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "dropped a client that sent no complete request headers" in "".join(strict_server.lines)
 
 
