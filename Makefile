@@ -52,17 +52,24 @@ test-all: install triton-venv
 	$(MAKE) test-serve-profile
 
 # A serving image's install: only `gandeploy[serve]`, in a fresh venv. It must hold no torch, and still sample,
-# verify and serve (tests/runtime/test_without_torch.py runs those with torch blocked in the full venv).
+# verify and serve: the torch-free tests run there, on exports made beforehand in .venv (tests/make_exports.py)
 SERVE_VENV := .venv-serve
+SERVE_EXPORTS := .serve-profile-exports
+TORCH_FREE_TESTS := tests/formats tests/test_latents.py tests/runtime/test_generate.py tests/serve/test_server.py \
+	tests/serve/test_hostile_fields.py tests/serve/test_oip.py
 test-serve-profile:
-	rm -rf $(SERVE_VENV) build  # pip builds in the tree: a stale build/ would be packed into the wheel
+	rm -rf $(SERVE_VENV) $(SERVE_EXPORTS) build  # pip builds in the tree: a stale build/ would be packed into the wheel
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install -q ".[serve]"
 	$(SERVE_VENV)/bin/python -c "import importlib.util as u, sys; bad = [m for m in ('torch', 'onnx', 'yaml', 'safetensors') if u.find_spec(m)]; sys.exit(f'serve profile installed {bad}' if bad else 0)"
 	cd /tmp && $(CURDIR)/$(SERVE_VENV)/bin/python -c "from gandeploy import Sampler; from gandeploy.runtime import verify, backends; import gandeploy.serve; print('serve profile: Sampler, verify and serve import without torch')"
 	$(SERVE_VENV)/bin/gandeploy info | grep -E "^(torch|onnxruntime|backend)"
 	du -sh $(SERVE_VENV) | sed 's/^/serve profile venv: /'
-	rm -rf $(SERVE_VENV)
+	$(BIN)/python tests/make_exports.py $(SERVE_EXPORTS) > /dev/null
+	$(SERVE_VENV)/bin/python -m pip install -q pytest
+	GANDEPLOY_TEST_EXPORTS=$(CURDIR)/$(SERVE_EXPORTS) $(SERVE_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		$(TORCH_FREE_TESTS)
+	rm -rf $(SERVE_VENV) $(SERVE_EXPORTS)
 
 # On a machine with a GPU (about 10 minutes; installs nothing, uses .venv as it is, or python3): the gpu tests,
 # the demo and DCGAN-64 exported with --trt, verify and a quick bench on every backend; one JSON report

@@ -4,17 +4,21 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from gandeploy.cli import app
-from gandeploy.recipe import load_recipe
-from gandeploy.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
+# Exports made beforehand (tests/make_exports.py): the torch-free tests then run in a serving install without torch
+EXPORTS = os.environ.get("GANDEPLOY_TEST_EXPORTS")
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+try:  # torch is imported here only where it is installed: the serve-profile run has none
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+except ImportError:
+    torch = None
 
 
 def tiny_overrides(steps: int = 4, **extra) -> list[str]:
@@ -39,10 +43,28 @@ def run_module(*args: str, cwd=None, timeout=300) -> subprocess.CompletedProcess
                           cwd=cwd or ROOT, timeout=timeout)
 
 
-def _train_tiny(tmp_path_factory, recipe: str, name: str, **extra) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / name
+def train_tiny(run_dir: Path, recipe: str, **extra) -> Path:
+    from gandeploy.recipe import load_recipe
+    from gandeploy.train import train
+
     train(load_recipe(RECIPES / recipe, tiny_overrides(**extra)), run_dir, device="cpu", progress=False)
     return run_dir
+
+
+def _train_tiny(tmp_path_factory, recipe: str, name: str, **extra) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("runs") / name, recipe, **extra)
+
+
+def make_exports(root: Path, run: Path, conditional_run: Path) -> dict:
+    """The exports the runtime and serving tests share: uint8 and float output of `run`, and the conditional one."""
+    from gandeploy.export import ExportOptions, export
+
+    quiet = lambda _: None  # noqa: E731
+    return {
+        "uint8": export(run, root / "uint8", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
+        "float": export(run, root / "float", ExportOptions(output="float", max_batch=64, opt_batch=16), log=quiet),
+        "cond": export(conditional_run, root / "cond", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -57,17 +79,16 @@ def tiny_conditional_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exports(tiny_run, tiny_conditional_run, tmp_path_factory):
-    """Exports of the tiny runs (uint8 and float output, and the conditional model), shared by runtime tests."""
-    from gandeploy.export import ExportOptions, export
+def exports(request, tmp_path_factory):
+    """Exports of the tiny runs (uint8 and float output, and the conditional model), shared by runtime tests; the
+    ones in GANDEPLOY_TEST_EXPORTS when set (copied: tests damage copies, never these)."""
+    if EXPORTS:
+        import shutil
 
-    root = tmp_path_factory.mktemp("exports")
-    quiet = lambda _: None  # noqa: E731
-    return {
-        "uint8": export(tiny_run, root / "uint8", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
-        "float": export(tiny_run, root / "float", ExportOptions(output="float", max_batch=64, opt_batch=16), log=quiet),
-        "cond": export(tiny_conditional_run, root / "cond", ExportOptions(max_batch=64, opt_batch=16), log=quiet),
-    }
+        root = tmp_path_factory.mktemp("exports")
+        return {k: Path(shutil.copytree(Path(EXPORTS) / k, root / k)) for k in ("uint8", "float", "cond")}
+    return make_exports(tmp_path_factory.mktemp("exports"), request.getfixturevalue("tiny_run"),
+                        request.getfixturevalue("tiny_conditional_run"))
 
 
 @pytest.fixture(scope="session")
