@@ -150,6 +150,11 @@ def run_bench(export_dir: str | Path, options: BenchOptions | None = None, out: 
     manifest = load_export(export_dir)
     if options.quick:
         options.window_s, options.windows, options.parity_samples = 0.2, 3, 64
+    most = manifest["batch"]["max"]  # the largest batch the export was checked at (and its engines built for)
+    if any(b > most for b in options.batch_sizes):
+        log(f"batch sizes above {most}, the largest {export_dir} was checked at, are left out: "
+            f"{', '.join(str(b) for b in options.batch_sizes if b > most)}")
+        options.batch_sizes = tuple(b for b in options.batch_sizes if b <= most) or (most,)
     classes = manifest["generator"]["num_classes"] or None
     out = Path(out) if out is not None else Path("bench/results") / manifest["name"]
     results = {"schema_version": SCHEMA_VERSION, "export": str(export_dir), "name": manifest["name"],

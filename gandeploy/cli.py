@@ -431,9 +431,10 @@ def generate(
     out: str = typer.Option(
         ..., "--out", help="Folder for the shards and shards.json (new, empty, or a killed run's)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed: image k of it is the same as everywhere else."),
-    labels: Optional[int] = typer.Option(
-        None, "--labels", min=0,
-        help="Conditional models: one class for every image (default: image k gets k % classes)."),
+    labels: Optional[str] = typer.Option(
+        None, "--labels",
+        help="Conditional models: one class for every image, as in `sample --labels 3` (default: image k gets "
+             "k % classes)."),
     fmt: str = typer.Option("npz", "--format", help="npz (fastest), tar (WebDataset: key.png + key.json) or png."),
     shard_size: int = typer.Option(4096, "--shard-size", min=1, help="Images per shard file."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch, onnxruntime or tensorrt."),
@@ -446,10 +447,18 @@ def generate(
     """Write many images as shards with a shards.json (index range, count, sha256 each); a killed run resumes where
     it stopped, and its shards come out byte for byte as an uninterrupted run's."""
     with _errors():
+        from .formats.labels import LabelError, parse_labels
         from .runtime.generate import Plan
         from .runtime.generate import generate as run_generate
 
-        plan = Plan(n=n, seed=seed, label=labels, format=fmt, shard_size=shard_size)
+        try:
+            label = parse_labels(labels)
+        except LabelError as e:
+            raise UserError(f"--labels: {e}") from None
+        if isinstance(label, list):
+            raise UserError(f"--labels {labels}: generate writes n images of one class, or k % classes without "
+                            f"--labels; a list of labels, one per image, is for gandeploy sample")
+        plan = Plan(n=n, seed=seed, label=label, format=fmt, shard_size=shard_size)
         run_generate(export_dir, out, plan, backend=backend, device=device, precision=precision, progress=progress,
                      log=typer.echo, ray_workers=ray)
 

@@ -63,11 +63,10 @@ class Sampler:
         self.manifest, self.config = self.source.manifest, self.source.config
         limit = self.manifest["batch"]["max"] if self.manifest else 256
         self.max_batch = int(max_batch or limit)
-        if self.max_batch < 1 or (backend == "tensorrt" and self.max_batch > limit):
-            raise SamplerError(f"max_batch {self.max_batch} must be between 1 and {limit} for this backend")
+        if not 1 <= self.max_batch <= limit:  # the export was checked (and engines built) up to its max: no further
+            raise SamplerError(f"max_batch {self.max_batch} must be between 1 and {limit}, the largest batch "
+                               f"{'this export was checked at' if self.manifest else 'a run folder takes'}")
         self.backend, device, why = self._open(backend, device, precision, options)
-        if self.backend.name == "tensorrt" and self.max_batch > limit:  # auto chose TensorRT: its profile's limit
-            self.max_batch = limit
         self._lock = threading.Lock()  # guards the batching fronts' creation and close
         self._closed = self._backend_closed = False
         self.max_images = max_images
@@ -145,30 +144,22 @@ class Sampler:
         return self._run(z, self.check_labels(labels, n), "uint8")
 
     def generate(self, z, labels=None) -> np.ndarray:
-        """float32 (n, c, h, w) in the generator's value range, from your own latents z (n, latent_dim)."""
-        z = self._check_z(z)
-        if "float" not in self.backend.kinds:
-            raise SamplerError(f"{self.path} was exported with uint8 output, which has no float images; re-export "
-                               f"with `gandeploy export --output float`, or use backend='torch'")
-        return self._run(z, self.check_labels(labels, len(z)), "float")
+        """float32 (n, c, h, w) in the generator's value range, from your own latents z (n, latent_dim):
+        `run(z, labels, kind="float")`."""
+        return self.run(z, labels, "float")
 
-    def run(self, z, labels=None) -> np.ndarray:
-        """The export's own output (uint8 (n, h, w, c) or float32 (n, c, h, w)) from your latents: what
-        `gandeploy verify` compares with the export's reference outputs."""
-        z = self._check_z(z)
-        return self._run(z, self.check_labels(labels, len(z)), self.source.output_kind)
-
-    def run_latents(self, z, labels=None, kind: str | None = None) -> np.ndarray:
-        """submit_latents as one direct backend call (no batching front): your latents and labels, checked as
-        submit_latents checks them, to the export's own output (uint8 (n, h, w, c) or float32 (n, c, h, w)), or to
-        `kind` ("uint8" or "float"). What the server runs with batching off."""
+    def run(self, z, labels=None, kind: str | None = None) -> np.ndarray:
+        """Your latents (and labels) through the backend in one call, no batching front: the export's own output
+        (uint8 (n, h, w, c) or float32 (n, c, h, w)), what `gandeploy verify` compares with the reference outputs,
+        or `kind` ("uint8" or "float"). What the server runs with batching off."""
         z = self._check_z(z)
         labels = self.check_labels(labels, len(z))
         kind = kind or self.source.output_kind
         if kind not in ("uint8", "float"):
             raise SamplerError(f"kind {kind!r} is not uint8 or float")
         if kind == "float" and "float" not in self.backend.kinds:
-            raise SamplerError(f"{self.path} was exported with uint8 output, which has no float images")
+            raise SamplerError(f"{self.path} was exported with uint8 output, which has no float images; re-export "
+                               f"with `gandeploy export --output float`, or use backend='torch'")
         return self._run(z, labels, kind)
 
     def interpolate(self, seed_a: int, seed_b: int, steps: int, labels=None) -> np.ndarray:

@@ -135,4 +135,4 @@ class Service:
 
     def _unbatched(self, z: np.ndarray, labels, kind: str) -> np.ndarray:
         self.metrics.observe_batch(len(z), 1)
-        return self.sampler.run_latents(z, labels, kind)
+        return self.sampler.run(z, labels, kind)

@@ -97,6 +97,10 @@ def test_bad_input(exports, tmp_path):
     assert code == 2 and "--format 'gif'" in output
     code, output = cli("generate", str(exports["uint8"]), "--n", "4", "--labels", "3", "--out", str(tmp_path / "y"))
     assert code == 2 and "unconditional" in output
+    code, output = cli("generate", str(exports["cond"]), "--n", "4", "--labels", "1,2", "--out", str(tmp_path / "z"))
+    assert code == 2 and "a list of labels, one per image, is for gandeploy sample" in output
+    code, output = cli("generate", str(exports["cond"]), "--n", "4", "--labels", "x", "--out", str(tmp_path / "z"))
+    assert code == 2 and "--labels: 'x' is not an integer or a comma list of them" in output
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("x")
     code, output = cli("generate", str(exports["uint8"]), "--n", "4", "--out", str(tmp_path / "mine"))
