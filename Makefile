@@ -55,7 +55,7 @@ test-all: install triton-venv
 # verify and serve: the torch-free tests run there, on exports made beforehand in .venv (tests/make_exports.py)
 SERVE_VENV := .venv-serve
 SERVE_EXPORTS := .serve-profile-exports
-TORCH_FREE_TESTS := tests/formats tests/test_latents.py tests/runtime/test_generate.py tests/serve/test_server.py \
+TORCH_FREE_TESTS := tests/formats tests/runtime/test_generate.py tests/serve/test_server.py \
 	tests/serve/test_hostile_fields.py tests/serve/test_oip.py
 test-serve-profile:
 	rm -rf $(SERVE_VENV) $(SERVE_EXPORTS) build  # pip builds in the tree: a stale build/ would be packed into the wheel

@@ -199,7 +199,7 @@ def export(
         from .export import export as run_export
         from .export.stylegan import BATCHES
         from .formats.paths import latest_run
-        from .latents import distribution
+        from .formats.latents import distribution
 
         given = {k: v for k, v in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch))
                  if v is not None}

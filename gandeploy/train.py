@@ -29,7 +29,7 @@ from .data import ImageData, batches, load_data
 from .errors import TrainingDiverged, UserError, first_line
 from .formats.images import save_grid, to_uint8
 from .formats.paths import latest_export, latest_run  # noqa: F401  (re-exported)
-from .latents import latents
+from .formats.latents import latents
 from .losses import LOSSES, gradient_penalty, instance_noise_std, r1_penalty
 from .nets import build_discriminator, build_generator, dcgan_init
 from .recipe import Recipe, load_recipe

@@ -54,7 +54,7 @@ def test_serving_side_imports_nothing_below_the_line(path):
 def test_the_checker_sees_relative_and_lazy_imports(tmp_path):
     # the rule is only as good as the parser: the torch backend's lazy `from ...artifacts import` must be seen
     probe = PACKAGE / "runtime" / "sampler.py"
-    assert "gandeploy.runtime.batching" in imports(probe) and "gandeploy.latents" in imports(probe)
+    assert "gandeploy.runtime.batching" in imports(probe) and "gandeploy.formats.latents" in imports(probe)
     torch_backend = imports(PACKAGE / "runtime" / "backends" / "torch.py")
     assert {"torch", "gandeploy.artifacts"} <= torch_backend and breaks("gandeploy.artifacts", set())
     assert breaks("gandeploy.export.onnx", set()) and breaks("torch.nn", set())

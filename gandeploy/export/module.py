@@ -137,7 +137,7 @@ def _check_value_range(graph: ModuleGraph, latent_dim: int, num_classes: int, lo
                        dist: dict | None = None) -> None:
     """The module's images on 16 seeded latents against the declared value range: refused when more than 5% of
     the values fall outside it (the uint8 conversion would clip them away), a warning line for fewer."""
-    from ..latents import latents
+    from ..formats.latents import latents
 
     z = torch.from_numpy(latents(0, 16, latent_dim, dist=dist))
     labels = torch.arange(16) % num_classes if num_classes else None

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UserError, first_line
 from ..formats.images import levels
-from ..latents import latents
+from ..formats.latents import latents
 from .grouped import rewrite_batch_groups
 
 DEFAULT_OPSET = 18

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError
-from ..latents import latents
+from .latents import latents
 from .manifest import REFERENCE_FILE
 
 REFERENCE_SEED = 0

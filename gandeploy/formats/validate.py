@@ -8,7 +8,7 @@ import math
 import re
 
 from ..errors import ArtifactError
-from ..latents import distribution
+from .latents import distribution
 from .names import check_name, check_relative
 from .vocabulary import PRECISIONS
 

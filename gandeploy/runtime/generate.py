@@ -33,7 +33,7 @@ from ..formats.labels import default_labels
 from ..formats.names import check_name
 from ..formats.validate import Fields
 from ..formats.vocabulary import check_seed
-from ..latents import latents
+from ..formats.latents import latents
 from .sampler import Sampler
 
 FORMATS = ("npz", "tar", "png")

@@ -21,7 +21,7 @@ from ..formats.generator import generator_dir, read_config
 from ..formats.images import to_uint8
 from ..formats.labels import LabelError, check_labels
 from ..formats.vocabulary import PRECISIONS
-from ..latents import latents as draw_latents
+from ..formats.latents import latents as draw_latents
 from . import backends
 from .backends import Source
 from .batching import BatchingFront

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from gandeploy.latents import distribution, latents
+from gandeploy.formats.latents import distribution, latents
 
 
 @pytest.mark.parametrize("dim", [1, 3, 64, 100, 128])
