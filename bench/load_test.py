@@ -192,7 +192,7 @@ def engines(a) -> None:
     sampler.close()
     request = v2_request(name, dim, a.images)
     common = ("--backend", a.backend, "--workers", str(a.workers)) + \
-        (("--max-batch", str(a.max_batch)) if a.max_batch else ())
+        (("--batch-size", str(a.max_batch)) if a.max_batch else ())
     wanted = a.engine.split(",")
     if set(wanted) - {"starlette", "triton"}:
         raise SystemExit(f"--engine {a.engine}: starlette and/or triton (Ray Serve is not installed here)")
@@ -286,7 +286,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one window (at most 60)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1, help="the servers' --workers (backend calls at once)")
-    parser.add_argument("--max-batch", type=int, default=None, help="the servers' --max-batch (default: export's)")
+    parser.add_argument("--max-batch", type=int, default=None, help="the servers' --batch-size (default: the export's opt)")
     parser.add_argument("--out", default=None, help="default bench/results/load_test-cpu.json, or "
                                                     "engines-<export>-cpu.json with --engine")
     parser.add_argument("--engine", default=None, help="compare servers instead: starlette,triton")
@@ -304,7 +304,7 @@ def main() -> None:
     a.out = a.out or "bench/results/load_test-cpu.json"
 
     common = ("--backend", a.backend, "--workers", str(a.workers)) + \
-        (("--max-batch", str(a.max_batch)) if a.max_batch else ())
+        (("--batch-size", str(a.max_batch)) if a.max_batch else ())
     servers = {"on": start_server(a.export, *common), "off": start_server(a.export, *common, "--no-batching")}
     sampler = Sampler(a.export, backend=a.backend)
     runs = {"batching on": [], "batching off": [], "single image, batching on": [], "single image, batching off": [],

@@ -337,8 +337,10 @@ def serve(
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (the FP16 ONNX or engine)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free port, printed at start)."),
-    max_batch: Optional[int] = typer.Option(
-        None, "--max-batch", min=1, help="Images per backend call (default: the export's --opt-batch)."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", "--max-batch", min=1,
+        help="Images per backend call, at most the export's --max-batch (default: its --opt-batch; with --engine "
+             "triton, Triton's max_batch_size, default the export's --max-batch)."),
     max_delay_ms: float = typer.Option(
         0.0, "--max-delay-ms", min=0.0,
         help="Wait up to this long for more requests before a batch (0: run what waits as soon as the backend is "
@@ -376,7 +378,7 @@ def serve(
             from .serve import serve as run_server
         except ImportError as e:
             raise UserError(f"gandeploy serve needs the serve extra ({e}); pip install 'gandeploy[serve]'") from None
-        options = ServeOptions(backend=backend, device=device, precision=precision, max_batch=max_batch,
+        options = ServeOptions(backend=backend, device=device, precision=precision, batch_size=batch_size,
                                max_delay_ms=max_delay_ms, max_queue=max_queue,
                                max_images_per_request=max_images_per_request, timeout_s=timeout_s,
                                batching=batching, workers=workers, host=host, port=port,

@@ -27,7 +27,7 @@ class ServeOptions:
     backend: str = "auto"
     device: str = "auto"
     precision: str = "fp32"
-    max_batch: int | None = None  # images per backend batch; default: the batch the export was tuned for (opt)
+    batch_size: int | None = None  # images per backend batch, at most the export's max; default: its opt, below
     max_delay_ms: float = 0.0  # 0: run whatever waits as soon as the backend is free (Triton's default)
     max_queue: int = 4096  # images waiting; beyond: 503 with Retry-After
     max_images_per_request: int | None = None  # default: 1024, or max_queue if smaller
@@ -47,10 +47,10 @@ def resolved(export_dir: str | Path, options: ServeOptions) -> ServeOptions:
         raise SamplerError(f"--max-images-per-request {options.max_images_per_request} is above --max-queue "
                            f"{options.max_queue}: such a request could never be queued; lower one or raise the "
                            f"other")
-    if options.max_batch is None and (Path(export_dir) / "manifest.json").is_file():
+    if options.batch_size is None and (Path(export_dir) / "manifest.json").is_file():
         # opt, not max: on a 2-core CPU batches of 256 doubled p99 for no more images/s (bench/load_test.py)
         # the plain JSON: the Sampler checks the files' hashes, once
-        options = replace(options, max_batch=load_manifest(export_dir)["batch"]["opt"])
+        options = replace(options, batch_size=load_manifest(export_dir)["batch"]["opt"])
     return options
 
 
@@ -59,7 +59,7 @@ class Service:
         self.options = options = resolved(export_dir, options)
         self.ready, self.failed, self.unbatched = False, None, 0
         self.sampler = Sampler(export_dir, backend=options.backend, device=options.device,
-                               precision=options.precision, max_batch=options.max_batch,
+                               precision=options.precision, max_batch=options.batch_size,
                                max_images=options.max_images_per_request)
         self.sampler.batching(max_delay_ms=options.max_delay_ms, max_queue=options.max_queue,
                               workers=options.workers, on_batch=lambda *sizes: self.metrics.observe_batch(*sizes))

@@ -85,12 +85,14 @@ def serve_triton(export_dir: str | Path, options: ServeOptions, grpc_port: int =
     from pytriton.triton import Triton, TritonConfig
 
     sampler = Sampler(export_dir, backend=options.backend, device=options.device, precision=options.precision,
-                      max_batch=options.max_batch)
+                      max_batch=options.batch_size)
     manifest = sampler.manifest
     if manifest is None:
         raise UserError(f"--engine triton serves an export folder; {export_dir} is a generator folder: run "
                         f"gandeploy export on it first")
-    most = options.max_batch or manifest["batch"]["max"]  # what one Triton batch, and so one request, may hold
+    # Triton's max_batch_size: what one batch, and so one request, may hold; the export's max, as `gandeploy triton`
+    # writes it, unless --batch-size says less
+    most = options.batch_size or manifest["batch"]["max"]
     inputs, outputs = tensors(sampler)
 
     @batch

@@ -27,7 +27,7 @@ http = pytest.importorskip("tritonclient.http", reason="tritonclient is not inst
 grpc = pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: pip install 'gandeploy[triton]'")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-MAX = 8  # --max-batch: Triton's max_batch_size for these servers
+MAX = 8  # --batch-size: Triton's max_batch_size for these servers
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ class Server:
         self.process = subprocess.Popen(
             [python, "-m", "gandeploy", "serve", str(export), "--engine", "triton", "--backend", "onnxruntime",
              "--port", str(self.http_port), "--grpc-port", str(self.grpc_port), "--metrics-port", str(metrics),
-             "--max-batch", str(MAX), "--timeout-s", "3", *args], stdout=self.log, stderr=subprocess.STDOUT)
+             "--batch-size", str(MAX), "--timeout-s", "3", *args], stdout=self.log, stderr=subprocess.STDOUT)
         self.name = json.loads((export / "manifest.json").read_text())["name"]
         self.http = http.InferenceServerClient(f"127.0.0.1:{self.http_port}")
         self.grpc = grpc.InferenceServerClient(f"127.0.0.1:{self.grpc_port}")
