@@ -21,7 +21,6 @@ from ..formats import manifest as mf
 from ..formats.files import atomic_dir, atomic_write_text, sweep
 from ..formats.generator import generator_dir
 from ..formats.names import check_name
-from ..formats.manifest import FP16_FILE, FP32_FILE, GENERATOR_DIR, REFERENCE_FILE
 from ..formats.parity import Parity, measure, tolerance_text
 from ..formats.references import References, reference_inputs, save_references
 from ..formats.vocabulary import PRECISIONS
@@ -95,28 +94,28 @@ def write_export(generator, config: dict, name: str, out: Path, options: ExportO
     batches = ox.verification_batches(options.min_batch, options.opt_batch, options.max_batch)
     sweep(out.parent, names={out.name})  # what killed exports of this folder left beside it
     with atomic_dir(out, kind="export") as tmp:
-        ox.export_onnx(graph, config, tmp / FP32_FILE, options.opset)
-        ox.check_model(tmp / FP32_FILE)
+        ox.export_onnx(graph, config, tmp / mf.FP32_FILE, options.opset)
+        ox.check_model(tmp / mf.FP32_FILE)
         references = {b: _torch_outputs(graph, config, b, seed + b) for b in batches}
         parity = {"seed": seed, "batch_sizes": batches,
-                  "onnxruntime_fp32": _check_onnx(tmp / FP32_FILE, config, references, options.output, "fp32")}
-        artifacts = {FP32_FILE: mf.describe(tmp / FP32_FILE, precision="fp32")}
+                  "onnxruntime_fp32": _check_onnx(tmp / mf.FP32_FILE, config, references, options.output, "fp32")}
+        artifacts = {mf.FP32_FILE: mf.describe(tmp / mf.FP32_FILE, precision="fp32")}
         if options.fp16:
             scopes = generator.float32_scopes() if hasattr(generator, "float32_scopes") else ()
             parity["onnxruntime_fp16"] = _fp16(tmp, config, references, options.output, log, scopes)
-            artifacts[FP16_FILE] = mf.describe(tmp / FP16_FILE, precision="fp16")
+            artifacts[mf.FP16_FILE] = mf.describe(tmp / mf.FP16_FILE, precision="fp16")
         if generator_folder is not None:
             # the PyTorch generator travels with the export: the torch backend and parity need no run folder
-            (tmp / GENERATOR_DIR).mkdir()
+            (tmp / mf.GENERATOR_DIR).mkdir()
             for file in ("config.json", "model.safetensors"):
-                shutil.copyfile(generator_folder / file, tmp / GENERATOR_DIR / file)
-                artifacts[f"{GENERATOR_DIR}/{file}"] = mf.describe(tmp / GENERATOR_DIR / file)
+                shutil.copyfile(generator_folder / file, tmp / mf.GENERATOR_DIR / file)
+                artifacts[f"{mf.GENERATOR_DIR}/{file}"] = mf.describe(tmp / mf.GENERATOR_DIR / file)
         # reference outputs: what `gandeploy verify` checks every backend against, on the machine that serves
         refs = _references(graph, config, options.output)
-        save_references(tmp / REFERENCE_FILE, refs)
-        artifacts[REFERENCE_FILE] = mf.describe(tmp / REFERENCE_FILE)
+        save_references(tmp / mf.REFERENCE_FILE, refs)
+        artifacts[mf.REFERENCE_FILE] = mf.describe(tmp / mf.REFERENCE_FILE)
         manifest = _manifest(name, origin, config, options, artifacts, parity)
-        manifest["references"] = {"file": REFERENCE_FILE, "seed": 0, "count": len(refs.z),
+        manifest["references"] = {"file": mf.REFERENCE_FILE, "seed": 0, "count": len(refs.z),
                                   "labels": "k % num_classes" if config["num_classes"] else None,
                                   "reference": "torch fp32 (cpu)",
                                   "tolerances": {p: tolerance_text(options.output, p) for p in PRECISIONS}}
@@ -132,13 +131,13 @@ def _fp16(tmp: Path, config: dict, references: dict, output: str, log, scopes=()
     (StyleGAN2 clamps activations for this reason; Real-ESRGAN users see black or NaN images without it), and
     the generator's own float32 `scopes` (module paths) kept too."""
     feeds = [feeds for feeds, _ in references.values()]
-    keep = ox.overflowing_nodes(tmp / FP32_FILE, feeds)
-    mix = ox.convert_fp16(tmp / FP32_FILE, tmp / FP16_FILE, keep=[k["node"] for k in keep], scopes=scopes)
-    problem = ox.validation_error(tmp / FP16_FILE)
+    keep = ox.overflowing_nodes(tmp / mf.FP32_FILE, feeds)
+    mix = ox.convert_fp16(tmp / mf.FP32_FILE, tmp / mf.FP16_FILE, keep=[k["node"] for k in keep], scopes=scopes)
+    problem = ox.validation_error(tmp / mf.FP16_FILE)
     if problem is not None:  # the converter's fault, not the user's: say what works
         raise UserError(f"the FP16 conversion (onnxconverter-common) made an invalid graph ({problem}); export with "
                         f"--no-fp16: the FP32 export is unaffected")
-    figures = _check_onnx(tmp / FP16_FILE, config, references, output, "fp16")
+    figures = _check_onnx(tmp / mf.FP16_FILE, config, references, output, "fp16")
     figures["mixed_precision"] = {**mix, "float32_scopes": list(scopes)}
     weights = mix["weights_float16"] + mix["weights_float32"]
     log(f"FP16: {mix['nodes'] - mix['float32_nodes']} of {mix['nodes']} nodes and "
@@ -151,14 +150,14 @@ def _fp16(tmp: Path, config: dict, references: dict, output: str, log, scopes=()
     # ONNX Runtime's CPU provider computes float16 graphs in float32, so overflow never shows there: judge the
     # kept nodes, and what a plain conversion would have done, in float16 arithmetic (onnx.reference, numpy)
     plain = tmp / ".plain.fp16.onnx"
-    ox.convert_fp16(tmp / FP32_FILE, plain)
+    ox.convert_fp16(tmp / mf.FP32_FILE, plain)
     try:
         # the smallest batch whose latents overflowed (the checks draw fresh latents each time: batch 1 may not)
         batches = list(references)
         batch = min((batches[k["feed"]] for k in keep if k["feed"] is not None), default=min(references))
         smallest = {batch: references[batch]}
         ours, without = (_check_reference_evaluator(path, config, smallest, output)
-                         for path in (tmp / FP16_FILE, plain))
+                         for path in (tmp / mf.FP16_FILE, plain))
     finally:
         plain.unlink(missing_ok=True)
     figures["kept_fp32"] = keep
@@ -169,7 +168,7 @@ def _fp16(tmp: Path, config: dict, references: dict, output: str, log, scopes=()
         f"arithmetic: with them kept {_line(ours, output)}, {'PASSED' if ours['passed'] else 'FAILED'}; plain "
         f"conversion {_line(without, output)}, {'PASSED' if without['passed'] else 'FAILED'}")
     if not ours["passed"]:
-        raise CheckFailed(f"{FP16_FILE} still loses the FP16 target in float16 arithmetic with {len(keep)} node(s) "
+        raise CheckFailed(f"{mf.FP16_FILE} still loses the FP16 target in float16 arithmetic with {len(keep)} node(s) "
                           f"kept in float32: {_line(ours, output)}; export with --no-fp16")
     return figures
 
@@ -263,17 +262,17 @@ def _manifest(name: str, origin: dict, config: dict, options: ExportOptions, art
     import onnxconverter_common
     import onnxruntime
 
-    c, b = config, "batch"
-    inputs = [{"name": "z", "dtype": "float32", "shape": [b, c["latent_dim"]]}]
-    if c["num_classes"]:
-        inputs.append({"name": "label", "dtype": "int64", "shape": [b], "classes": c["num_classes"]})
-    image = [b, c["resolution"], c["resolution"], c["channels"]] if options.output == "uint8" else \
-        [b, c["channels"], c["resolution"], c["resolution"]]
+    size, channels = config["resolution"], config["channels"]
+    inputs = [{"name": "z", "dtype": "float32", "shape": ["batch", config["latent_dim"]]}]
+    if config["num_classes"]:
+        inputs.append({"name": "label", "dtype": "int64", "shape": ["batch"], "classes": config["num_classes"]})
+    image = ["batch", size, size, channels] if options.output == "uint8" else ["batch", channels, size, size]
     return {
         "schema_version": mf.SCHEMA_VERSION, "name": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "generator": {k: c[k] for k in ("family", "latent_dim", "resolution", "channels", "num_classes",
-                                        "value_range", "width", "embed_dim", "latent_distribution") if k in c},
+        "generator": {k: config[k] for k in ("family", "latent_dim", "resolution", "channels", "num_classes",
+                                             "value_range", "width", "embed_dim", "latent_distribution")
+                      if k in config},
         "inputs": inputs,
         "output": {"name": "images", "kind": options.output, "dtype": "uint8" if options.output == "uint8" else
                    "float32", "shape": image, "layout": "NHWC" if options.output == "uint8" else "NCHW"},
@@ -290,7 +289,7 @@ def summary(out: Path, manifest: dict) -> str:
     lines = [f"exported {manifest['name']} -> {out}  (checked at batch sizes "
              f"{', '.join(map(str, manifest['parity']['batch_sizes']))} against PyTorch FP32)"]
     kind = manifest["output"]["kind"]
-    for key, file in (("onnxruntime_fp32", FP32_FILE), ("onnxruntime_fp16", FP16_FILE)):
+    for key, file in (("onnxruntime_fp32", mf.FP32_FILE), ("onnxruntime_fp16", mf.FP16_FILE)):
         f = manifest["parity"].get(key)
         if f:
             verdict = "PASSED" if f["passed"] else "FAILED"
@@ -316,16 +315,16 @@ def add_engine(folder: str | Path, options: ExportOptions | None = None, log=pri
     b = manifest["batch"]
     shapes = {spec["name"]: tuple(tuple([n] + spec["shape"][1:]) for n in (b["min"], b["opt"], b["max"]))
               for spec in manifest["inputs"]}
-    fp16_onnx = folder / FP16_FILE if (folder / FP16_FILE).is_file() else None
+    fp16_onnx = folder / mf.FP16_FILE if (folder / mf.FP16_FILE).is_file() else None
     # built and checked beside the export, then moved in with the manifest: a failed or interrupted rebuild leaves
     # the engine that was there, and a manifest that matches it
     staging = folder / f".tmp-engine-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        meta = trt.build_engine(folder / FP32_FILE, fp16_onnx, staging, shapes=shapes, precision=precision,
+        meta = trt.build_engine(folder / mf.FP32_FILE, fp16_onnx, staging, shapes=shapes, precision=precision,
                                 workspace_gib=options.workspace_gib, timing_cache=folder.parent / ".trt-timing-cache")
         engine = trt.load_engine(staging / meta["file"])
-        session = ox.session(folder / FP32_FILE)
+        session = ox.session(folder / mf.FP32_FILE)
         kind = manifest["output"]["kind"]
         pairs = []
         for n in ox.verification_batches(b["min"], b["opt"], b["max"]):

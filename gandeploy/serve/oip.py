@@ -38,12 +38,12 @@ def answer(problem: Problem) -> Response:
 
 def signature(service: Service) -> dict:
     """Model metadata: the Triton repository's signature for this export."""
-    m, g = service.sampler.manifest or {}, service.sampler.config
-    inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, g["latent_dim"]]}]
-    if g["num_classes"]:
+    manifest, spec = service.sampler.manifest or {}, service.sampler.config
+    inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, spec["latent_dim"]]}]
+    if spec["num_classes"]:
         inputs.append({"name": "label", "datatype": "INT64", "shape": [-1, 1]})
     kind = service.sampler.source.output_kind
-    shape = m.get("output", {}).get("shape") or [-1, g["channels"], g["resolution"], g["resolution"]]
+    shape = manifest.get("output", {}).get("shape") or [-1, spec["channels"], spec["resolution"], spec["resolution"]]
     output = {"name": "images", "datatype": "UINT8" if kind == "uint8" else "FP32", "shape": [-1, *shape[1:]]}
     return {"name": model_name(service), "versions": ["1"], "platform": "gandeploy", "inputs": inputs,
             "outputs": [output]}

@@ -26,7 +26,7 @@ EXAMPLE = "; send e.g. {\"n\": 4, \"seed\": 7, \"format\": \"png\"}"
 
 
 @dataclass
-class Ask:
+class GenerateAsk:
     """A checked generate request."""
     n: int
     seed: int
@@ -70,7 +70,7 @@ async def params(request: Request, timeout: float) -> dict:
     return params
 
 
-def parse(params: dict, service: Service) -> Ask:
+def parse(params: dict, service: Service) -> GenerateAsk:
     """The one check of a generate request: every field, before anything runs."""
     unknown = sorted(set(params) - set(FIELDS))
     if unknown:  # a key may hold anything, a lone surrogate included: shown escaped
@@ -94,7 +94,7 @@ def parse(params: dict, service: Service) -> Ask:
         labels = service.sampler.check_labels(_labels(params.get("labels")), n)
     except SamplerError as e:
         raise Problem(422, str(e), "labels") from None
-    return Ask(n, seed, labels, fmt, scale)
+    return GenerateAsk(n, seed, labels, fmt, scale)
 
 
 def _labels(value):
@@ -104,7 +104,7 @@ def _labels(value):
     return None if value is None else as_int(value, "labels")
 
 
-async def encode(images: np.ndarray, ask: Ask, service: Service) -> Response:
+async def encode(images: np.ndarray, ask: GenerateAsk, service: Service) -> Response:
     """uint8 (n, h, w, c) images in the ask's format; PNGs are encoded on the service's pool, off the event loop."""
     headers = {"X-Gandeploy-Seed": str(ask.seed), "X-Gandeploy-Images": str(ask.n)}
     if ask.format == "npy":  # a memory copy: cheaper on the event loop than a hop to a thread

@@ -17,7 +17,7 @@ from ...runtime.backends.tensorrt import (
     gpu_info,
     one_line,
     require,
-    said,
+    logged_errors,
     trt_logger,
     trt_runtime,
     version_tuple,
@@ -158,7 +158,7 @@ def _add_profile(builder, network, config, shapes: dict) -> None:
         except (ValueError, RuntimeError) as exc:
             raise UserError(f"shapes[{name!r}] do not fit the ONNX input {tuple(inputs[name].shape)}: {exc}") from None
     if config.add_optimization_profile(profile) < 0:
-        raise UserError(f"TensorRT rejected the optimization profile {shapes}: {said(mark)}")
+        raise UserError(f"TensorRT rejected the optimization profile {shapes}: {logged_errors(mark)}")
 
 
 def _timing_cache(config, data: bytes):
@@ -210,13 +210,13 @@ def _inspect(trt, engine, shapes: dict) -> dict:
     mark = trt_logger().count
     context = engine.create_execution_context()
     if context is None:
-        raise RuntimeError(f"TensorRT could not create an execution context to inspect the engine: {said(mark)}")
+        raise RuntimeError(f"TensorRT could not create an execution context to inspect the engine: {logged_errors(mark)}")
     for name, (_, opt, _) in shapes.items():
         if not context.set_input_shape(name, tuple(opt)):
-            raise RuntimeError(f"TensorRT refused the opt shape {tuple(opt)} of {name!r}: {said(mark)}")
+            raise RuntimeError(f"TensorRT refused the opt shape {tuple(opt)} of {name!r}: {logged_errors(mark)}")
     inspector = engine.create_engine_inspector()
     if inspector is None:
-        raise RuntimeError(f"TensorRT could not create an engine inspector: {said(mark)}")
+        raise RuntimeError(f"TensorRT could not create an engine inspector: {logged_errors(mark)}")
     inspector.execution_context = context
     return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
@@ -274,7 +274,7 @@ def build_engine(fp32_onnx: Path, fp16_onnx: Path | None, out_dir: Path, *,
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise UserError(f"TensorRT {version} could not build an engine from {onnx_path.name}: {said(mark)}")
+        raise UserError(f"TensorRT {version} could not build an engine from {onnx_path.name}: {logged_errors(mark)}")
     data = bytes(plan)
     if cache_file is not None:  # saved even if the checks below fail: the timings are still good
         _save_timing_cache(config, cache_file)
@@ -283,7 +283,7 @@ def build_engine(fp32_onnx: Path, fp16_onnx: Path | None, out_dir: Path, *,
     mark = logger.count
     engine = trt_runtime().deserialize_cuda_engine(data)
     if engine is None:
-        raise RuntimeError(f"TensorRT {version} cannot load the engine it just built: {said(mark)}")
+        raise RuntimeError(f"TensorRT {version} cannot load the engine it just built: {logged_errors(mark)}")
     fp16_layers = fp16_layer_count(_inspect(trt, engine, shapes))
     if precision == "fp16" and fp16_layers == 0:
         if strongly_typed:

@@ -138,7 +138,7 @@ def trt_logger():
     return Recorder()
 
 
-def said(mark: int, limit: int = 3) -> str:
+def logged_errors(mark: int, limit: int = 3) -> str:
     """What TensorRT logged as errors since `mark`, in one line."""
     return one_line(trt_logger().since(mark)[-limit:]) or "TensorRT logged no error message"
 
@@ -223,7 +223,7 @@ def execution_context(engine):
     mark = trt_logger().count
     context = engine.create_execution_context()
     if context is None:
-        raise RuntimeError(f"TensorRT could not create an execution context: {said(mark)}")
+        raise RuntimeError(f"TensorRT could not create an execution context: {logged_errors(mark)}")
     if hasattr(context, "nvtx_verbosity"):
         context.nvtx_verbosity = trt.ProfilingVerbosity.NONE
     return context
@@ -233,16 +233,16 @@ def set_shape(context, name: str, shape: tuple[int, ...]) -> None:
     mark = trt_logger().count
     if not context.set_input_shape(name, tuple(int(d) for d in shape)):
         raise UserError(f"TensorRT refused input {name!r} of shape {tuple(shape)} (outside the engine's profile?): "
-                        f"{said(mark)}")
+                        f"{logged_errors(mark)}")
 
 
 def set_address(context, name: str, ptr: int) -> None:
     mark = trt_logger().count
     if not context.set_tensor_address(name, int(ptr)):
-        raise RuntimeError(f"TensorRT refused the address of tensor {name!r}: {said(mark)}")
+        raise RuntimeError(f"TensorRT refused the address of tensor {name!r}: {logged_errors(mark)}")
 
 
 def execute(context, stream) -> None:
     mark = trt_logger().count
     if not context.execute_async_v3(int(stream)):
-        raise RuntimeError(f"TensorRT execution failed: {said(mark)}")
+        raise RuntimeError(f"TensorRT execution failed: {logged_errors(mark)}")
