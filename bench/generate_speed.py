@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gandeploy import Sampler
-from gandeploy.runtime.generate import Plan, generate
+from gandeploy.runtime.generate import Plan, write_shards
 
 
 def sampler_rate(sampler: Sampler, batch: int, images: int) -> float:
@@ -36,7 +36,7 @@ def sampler_rate(sampler: Sampler, batch: int, images: int) -> float:
 def generate_rate(export: Path, images: int, shard_size: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        generate(export, Path(tmp) / "g", Plan(n=images, seed=0, label=None, format="npz", shard_size=shard_size),
+        write_shards(export, Path(tmp) / "g", Plan(n=images, seed=0, label=None, format="npz", shard_size=shard_size),
                  backend="onnxruntime", progress=False, log=lambda _: None)
         return images / (time.perf_counter() - start)
 

@@ -451,7 +451,7 @@ def generate(
     with _errors():
         from .formats.labels import LabelError, parse_labels
         from .runtime.generate import Plan
-        from .runtime.generate import generate as run_generate
+        from .runtime.generate import write_shards
 
         try:
             label = parse_labels(labels)
@@ -461,7 +461,7 @@ def generate(
             raise UserError(f"--labels {labels}: generate writes n images of one class, or k % classes without "
                             f"--labels; a list of labels, one per image, is for gandeploy sample")
         plan = Plan(n=n, seed=seed, label=label, format=fmt, shard_size=shard_size)
-        run_generate(export_dir, out, plan, backend=backend, device=device, precision=precision, progress=progress,
+        write_shards(export_dir, out, plan, backend=backend, device=device, precision=precision, progress=progress,
                      log=typer.echo, ray_workers=ray)
 
 

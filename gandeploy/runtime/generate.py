@@ -53,8 +53,8 @@ class Plan:
         return [(start, min(self.shard_size, self.n - start)) for start in range(0, self.n, self.shard_size)]
 
 
-def generate(export_dir: str | Path, out: str | Path, plan: Plan, backend: str = "auto", device: str = "auto",
-             precision: str = "fp32", progress: bool = True, log=print, ray_workers: int = 0) -> dict:
+def write_shards(export_dir: str | Path, out: str | Path, plan: Plan, backend: str = "auto", device: str = "auto",
+                 precision: str = "fp32", progress: bool = True, log=print, ray_workers: int = 0) -> dict:
     """Write (or finish) the shards of `plan` into `out`; returns the shards manifest. With ray_workers > 0 the
     shards are written by that many Ray actors (a local Ray instance, or RAY_ADDRESS's cluster, whose workers see
     `out`), each with its own Sampler: the same bytes as a local run."""
@@ -337,3 +337,6 @@ def _folder_digest(folder: Path) -> str | None:
             return None
         digest.update(file.name.encode() + b"\0" + bytes.fromhex(sha256(file)))
     return digest.hexdigest()
+
+
+generate = write_shards  # the name `gandeploy generate` gives it; write_shards says which of the three

@@ -272,7 +272,7 @@ def test_a_stale_complete_record_never_outlives_a_killed_rerun(exports, tmp_path
 
     monkeypatch.setattr(module, "write_shard", killed)
     with pytest.raises(RuntimeError, match="killed"):
-        module.generate(exports["uint8"], out, module.Plan(n=10, seed=0, label=None, format="npz", shard_size=4),
+        module.write_shards(exports["uint8"], out, module.Plan(n=10, seed=0, label=None, format="npz", shard_size=4),
                         progress=False, log=lambda _: None)
     record = json.loads((out / "shards.json").read_text())
     assert not record["complete"] and [s["start"] for s in record["shards"]] == [0, 8]
