@@ -36,9 +36,10 @@ def step(name: str, command: list[str], timeout: int, report: list) -> subproces
     seconds = round(time.perf_counter() - start, 1)
     output = (done.stdout + done.stderr).strip().splitlines()
     last = " ".join(output[-3:]).lower()
+    summary = (done.stdout.strip().splitlines() or [""])[-1].lower()  # pytest's: "12 skipped, 1073 deselected in 2 s"
     skipped = (done.returncode == 2 and any(w in last for w in ("tensorrt", "cuda", "gpu", "not installed"))) or \
-        (done.returncode == 0 and " skipped" in last and " passed" not in last)  # pytest: all skipped
-    status = "PASSED" if done.returncode == 0 else "SKIPPED" if skipped else "FAILED"
+        (done.returncode == 0 and "skipped" in summary and "passed" not in summary)  # pytest: all skipped
+    status = "SKIPPED" if skipped else "PASSED" if done.returncode == 0 else "FAILED"
     report.append({"step": name, "command": " ".join(command), "status": status, "exit_code": done.returncode,
                    "seconds": seconds, "output_tail": output[-25:]})
     why = f": {output[-1][:200]}" if status != "PASSED" and output else ""
