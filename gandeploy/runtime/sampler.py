@@ -163,15 +163,17 @@ class Sampler:
         return self._run(z, labels, kind)
 
     def interpolate(self, seed_a: int, seed_b: int, steps: int, labels=None) -> np.ndarray:
-        """uint8 (steps, h, w, c) along the great circle from image 0 of seed_a to image 0 of seed_b (slerp, as
-        White 2016 recommends for Gaussian latents)."""
+        """uint8 (steps, h, w, c) from image 0 of seed_a to image 0 of seed_b: along the great circle (slerp, as
+        White 2016 recommends for Gaussian latents), or on the straight line for an export whose latents are
+        bounded (truncated_normal, uniform), which stays inside their box where slerp would leave it."""
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 2 <= steps <= self.max_images:
             raise SamplerError(f"steps={steps!r}: interpolate needs an integer from 2 to {self.max_images}")
         steps = int(steps)
         a, b = self.latents(1, seed_a)[0].astype(np.float64), self.latents(1, seed_b)[0].astype(np.float64)
         omega = np.arccos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1.0, 1.0))
         t = np.linspace(0.0, 1.0, steps)[:, None]
-        if omega < 1e-6:
+        bounded = (self.config.get("latent_distribution") or {}).get("name", "normal") != "normal"
+        if omega < 1e-6 or bounded:
             z = (1 - t) * a + t * b
         else:
             z = (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)

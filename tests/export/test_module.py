@@ -325,3 +325,18 @@ def test_sizes_are_bounded_and_casts_are_named(user_folder):
     code, output = cli("export", "--module", "mynets:MLPGenerator", "--weights", "w64.pt", "--latent-dim", "10",
                        "--value-range", "0,1", "--out", "exports/m", *SMALL)
     assert code == 0 and "1 tensor(s) cast to the module's dtype ('net.0.weight' float64 -> float32)" in output
+
+
+def test_interpolation_stays_inside_bounded_latents(tmp_path):
+    """slerp between two points of a box can leave it; a truncated-normal export interpolates on the line."""
+    from gandeploy.export import ExportOptions
+    from gandeploy.latents import distribution
+
+    dist = distribution("truncated_normal", 1.0)
+    module = ug.randomize(ug.MLPGenerator())
+    options = ExportOptions(max_batch=16, opt_batch=8, latent_distribution=dist)
+    folder = export_module(module, tmp_path / "t", latent_dim=10, value_range=(0, 1), options=options, **QUIET)
+    with Sampler(folder, backend="onnxruntime") as sampler:
+        a, b = sampler.latents(1, 3)[0], sampler.latents(1, 4)[0]
+        line = np.stack([(1 - t) * a + t * b for t in np.linspace(0, 1, 5)]).astype(np.float32)
+        np.testing.assert_array_equal(sampler.interpolate(3, 4, steps=5), sampler.run(line))
