@@ -71,17 +71,23 @@ def conv_transpose2d_by_taps(x, weight, bias=None, stride=1, padding=0, output_p
     return conv2d_by_taps(x, flipped, bias, 1, 0, (dh, dw), groups)
 
 
-def _when_symbolic(rewrite):
-    """A decomposition that rewrites only when the group count is symbolic: a constant one is an ordinary Conv."""
+def _groups(op, args, kwargs):
+    """The group count of a call of convolution op `op`, found by its schema (trailing defaults may be left out)."""
+    index = [a.name for a in op._schema.arguments].index("groups")
+    return args[index] if index < len(args) else kwargs.get("groups", 1)
+
+
+def _when_symbolic(op, rewrite):
+    """A decomposition of `op` that rewrites only when the group count is symbolic: a constant one stays an
+    ordinary Conv."""
     def decompose(*args, **kwargs):
-        groups = kwargs.get("groups", args[-1] if rewrite is conv2d_by_taps else
-                            (args[6] if len(args) > 6 else 1))
-        return NotImplemented if isinstance(groups, int) else rewrite(*args, **kwargs)
+        return NotImplemented if isinstance(_groups(op, args, kwargs), int) else rewrite(*args, **kwargs)
     return decompose
 
 
-REWRITES = {aten.conv2d.default: _when_symbolic(conv2d_by_taps), aten.conv2d.padding: _when_symbolic(conv2d_by_taps),
-            aten.conv_transpose2d.input: _when_symbolic(conv_transpose2d_by_taps)}
+REWRITES = {op: _when_symbolic(op, rewrite) for op, rewrite in (
+    (aten.conv2d.default, conv2d_by_taps), (aten.conv2d.padding, conv2d_by_taps),
+    (aten.conv_transpose2d.input, conv_transpose2d_by_taps))}
 CONVOLUTIONS = {aten.conv1d.default, aten.conv1d.padding, aten.conv2d.default, aten.conv2d.padding,
                 aten.conv3d.default, aten.conv3d.padding, aten.conv_transpose1d.default, aten.conv_transpose2d.input,
                 aten.conv_transpose3d.input, aten.convolution.default}
@@ -106,19 +112,10 @@ def rewrite_batch_groups(program: torch.export.ExportedProgram) -> torch.export.
 def _symbolic_group_nodes(program) -> list:
     found = []
     for node in program.graph.nodes:
-        if node.op == "call_function" and node.target in CONVOLUTIONS:
-            groups = node.kwargs.get("groups", node.args[-1] if node.target is aten.convolution.default
-                                     else _groups_arg(node))
-            if isinstance(groups, torch.fx.Node):
-                found.append(node)
+        if node.op == "call_function" and node.target in CONVOLUTIONS and \
+                isinstance(_groups(node.target, node.args, node.kwargs), torch.fx.Node):
+            found.append(node)
     return found
-
-
-def _groups_arg(node):
-    """groups is the last schema argument of conv{1,2,3}d and the 7th of conv_transpose{1,2,3}d."""
-    names = [a.name for a in node.target._schema.arguments]
-    index = names.index("groups")
-    return node.args[index] if index < len(node.args) else node.kwargs.get("groups", 1)
 
 
 def _where(node) -> str:

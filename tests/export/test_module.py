@@ -340,3 +340,14 @@ def test_interpolation_stays_inside_bounded_latents(tmp_path):
         a, b = sampler.latents(1, 3)[0], sampler.latents(1, 4)[0]
         line = np.stack([(1 - t) * a + t * b for t in np.linspace(0, 1, 5)]).astype(np.float32)
         np.testing.assert_array_equal(sampler.interpolate(3, 4, steps=5), sampler.run(line))
+
+
+def test_only_the_convolutions_grouped_by_the_batch_are_rewritten(tmp_path):
+    import onnx
+
+    module = ug.randomize(ug.ModulatedThenConv(), seed=5)
+    folder = export_module(module, tmp_path / "m", latent_dim=8, options=small(), **QUIET)
+    ops = [n.op_type for n in onnx.load(str(folder / "generator.onnx")).graph.node]
+    assert ops.count("Conv") == 1 and "MatMul" in ops  # the ordinary conv stays a Conv
+    with Sampler(folder, backend="onnxruntime") as sampler:
+        assert within_one_level(sampler.sample(3, seed=1), module_images(module, latents(1, 3, 8)))

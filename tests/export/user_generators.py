@@ -226,3 +226,14 @@ class WithModulated1d(nn.Module):
 
     def forward(self, z):
         return self.block(z)
+
+
+class ModulatedThenConv(nn.Module):
+    """Modulated convs grouped by the batch, then an ordinary conv: only the former are rewritten."""
+
+    def __init__(self, nz=8):
+        super().__init__()
+        self.modulated, self.conv = ModulatedGenerator(nz), nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, z):
+        return torch.tanh(self.conv(self.modulated(z)))
