@@ -4,6 +4,7 @@ artifact's checksum. json + the standard library only."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -64,17 +65,19 @@ def load_export(folder: str | Path) -> dict:
                                  f"files: re-run gandeploy export")
         if not file.is_file():
             raise BrokenArtifact(f"{file} is missing; re-run gandeploy export")
-        if file.stat().st_size != entry["size"] or sha256(file) != entry["sha256"]:
+        data = file.read_bytes() if name.endswith(".onnx") else None  # read once: checksum and scan
+        digest = hashlib.sha256(data).hexdigest() if data is not None else sha256(file)
+        if file.stat().st_size != entry["size"] or digest != entry["sha256"]:
             raise BrokenArtifact(f"{file} is truncated or changed since export ({file.stat().st_size} bytes, "
                                 f"manifest says {entry['size']}; checksum differs); re-run gandeploy export")
-        if name.endswith(".onnx"):
-            _check_onnx_file(file)
+        if data is not None:
+            _check_onnx_file(file, data)
     return manifest
 
 
-def _check_onnx_file(file: Path) -> None:
+def _check_onnx_file(file: Path, data: bytes) -> None:
     try:
-        external = external_tensors(file.read_bytes())
+        external = external_tensors(data)
     except WireError as e:
         raise BrokenArtifact(f"{file} is not an ONNX model ({e}); re-run gandeploy export") from None
     if external:
