@@ -36,17 +36,25 @@ def answer(problem: Problem) -> Response:
     return Problem(status, problem.message, retry_after=problem.retry_after).response()
 
 
+def tensors(sampler) -> tuple[list, list]:
+    """The model's ([(name, numpy dtype, shape)] inputs, [...] outputs), the batch axis left out: the signature
+    `gandeploy triton`'s repository declares, served here under /v2 and by `serve --engine triton`."""
+    spec = sampler.config
+    inputs = [("z", np.float32, (spec["latent_dim"],))]
+    if spec["num_classes"]:
+        inputs.append(("label", np.int64, (1,)))
+    r, c = spec["resolution"], spec["channels"]
+    image = ((r, r, c), np.uint8) if sampler.source.output_kind == "uint8" else ((c, r, r), np.float32)
+    return inputs, [("images", image[1], image[0])]
+
+
 def signature(service: Service) -> dict:
     """Model metadata: the Triton repository's signature for this export."""
-    manifest, spec = service.sampler.manifest or {}, service.sampler.config
-    inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, spec["latent_dim"]]}]
-    if spec["num_classes"]:
-        inputs.append({"name": "label", "datatype": "INT64", "shape": [-1, 1]})
-    kind = service.sampler.source.output_kind
-    shape = manifest.get("output", {}).get("shape") or [-1, spec["channels"], spec["resolution"], spec["resolution"]]
-    output = {"name": "images", "datatype": "UINT8" if kind == "uint8" else "FP32", "shape": [-1, *shape[1:]]}
+    datatype = {np.float32: "FP32", np.int64: "INT64", np.uint8: "UINT8"}
+    inputs, outputs = ([{"name": name, "datatype": datatype[dtype], "shape": [-1, *shape]}
+                        for name, dtype, shape in group] for group in tensors(service.sampler))
     return {"name": model_name(service), "versions": ["1"], "platform": "gandeploy", "inputs": inputs,
-            "outputs": [output]}
+            "outputs": outputs}
 
 
 def model_name(service: Service) -> str:

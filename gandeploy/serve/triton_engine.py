@@ -16,10 +16,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import UserError
 from ..runtime.sampler import Sampler
+from .oip import tensors
 from .service import ServeOptions
 
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}  # Triton's own defaults
@@ -62,18 +61,6 @@ def _linked_libpython(binary: Path) -> str | None:
         if name.startswith("libpython") and rest.startswith("/"):
             return rest.split(" (")[0]
     return None
-
-
-def tensors(sampler: Sampler) -> tuple[list, list]:
-    """([(name, dtype, shape)] inputs, [...] outputs) without the batch axis, as `gandeploy triton` writes them."""
-    config = sampler.config
-    inputs = [("z", np.float32, (config["latent_dim"],))]
-    if config["num_classes"]:
-        inputs.append(("label", np.int64, (1,)))
-    r, c = config["resolution"], config["channels"]
-    kind = sampler.source.output_kind
-    output = ("images", np.uint8, (r, r, c)) if kind == "uint8" else ("images", np.float32, (c, r, r))
-    return inputs, [output]
 
 
 def serve_triton(export_dir: str | Path, options: ServeOptions, grpc_port: int = PORTS["grpc"],
