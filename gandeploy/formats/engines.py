@@ -9,9 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import UserError
-
-PRECISIONS = ("fp16", "fp32")  # the precisions an engine is built in, in the order messages name them
+from .vocabulary import check_precision
 ENGINE_FILENAME = re.compile(r"^generator\.(?P<gpu>[a-z0-9-]+)\.sm(?P<sm>\d+)\.trt(?P<trt>[0-9a-z.]+?)\."
                              r"(?P<precision>fp16|fp32)\.plan$")
 
@@ -28,8 +26,7 @@ def version_slug(version: str) -> str:
 
 def engine_filename(gpu_name: str, compute_capability: tuple[int, int], trt_version: str, precision: str) -> str:
     """e.g. 'generator.nvidia-h100-80gb-hbm3.sm90.trt10.13.3.fp16.plan' (slugified GPU name, lower case)."""
-    if precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_precision(precision)
     major, minor = compute_capability
     return (f"generator.{gpu_slug(gpu_name) or 'gpu'}.sm{int(major)}{int(minor)}.trt{version_slug(trt_version)}."
             f"{precision}.plan")

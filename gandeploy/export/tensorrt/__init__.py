@@ -20,7 +20,8 @@ the exporter needs from there are re-exported here. `import tensorrt` happens in
 imports without TensorRT.
 """
 
-from ...formats.engines import PRECISIONS, engine_filename
+from ...formats.engines import engine_filename
+from ...formats.vocabulary import PRECISIONS
 from ...runtime.backends.tensorrt import (
     REBUILD_HINT,
     EngineMismatch,

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 from ...errors import UserError
-from ...formats.engines import PRECISIONS, engine_filename, gpu_slug, version_slug
+from ...formats.engines import engine_filename, gpu_slug, version_slug
+from ...formats.vocabulary import check_precision
 from ...formats.files import atomic_path
 from ...runtime.backends.tensorrt import (
     current_device,
@@ -231,8 +232,7 @@ def build_engine(fp32_onnx: Path, fp16_onnx: Path | None, out_dir: Path, *,
     require()
     import tensorrt as trt
 
-    if precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_precision(precision)
     if not workspace_gib > 0:
         raise UserError(f"workspace_gib must be positive, got {workspace_gib}")
     profile_meta = _check_shapes(shapes)
