@@ -1,12 +1,12 @@
 """The run-time vocabulary every entry point shares (CLI choices, the Sampler, serve, generate, verify, Triton and
-the manifest validator): what a precision is, what a seed is, and the labels rule. Plain Python and numpy."""
+the manifest validator): what a precision is and what a seed is. Its neighbours: the labels rule (formats/labels.py)
+and the latents (formats/latents.py). Plain Python."""
 
 from __future__ import annotations
 
 import numbers
 
 from ..errors import UserError
-from .labels import LabelError, check_labels, default_labels, parse_labels  # noqa: F401  (the labels rule)
 
 PRECISIONS = ("fp32", "fp16")  # fp16: the FP16 ONNX twin, or an FP16 engine
 SEED_BOUND = 2**64  # seeds are 0 .. 2**64 - 1: the Philox key of gandeploy.latents

@@ -122,7 +122,8 @@ class Sampler:
         for name, kind, why in reasons:
             log.info("gandeploy Sampler: %s on %s cannot run %s: %s", name, kind, self.path, why)
         # the first cause first: the first backend for a device this machine has, the others at log level INFO
-        here = [r for r in reasons if r[1] == "cpu" or resolve_device("auto") != "cpu"] or reasons
+        has_gpu = resolve_device("auto") != "cpu"
+        here = [r for r in reasons if r[1] == "cpu" or has_gpu] or reasons
         name, kind, why = here[0] if here else (backends.AUTO[0][0], asked, "no backend runs on this device")
         others = f" ({len(reasons) - 1} other backend(s) cannot either: --verbose says why)" if len(reasons) > 1 else ""
         raise SamplerError(f"no backend can run {self.path} here: {name} on {kind}: {why}{others}")
